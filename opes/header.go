@@ -1,0 +1,208 @@
+package opes
+
+import (
+	"fmt"
+	"strings"
+)
+
+// HeaderField is one field of the message header.
+type HeaderField struct {
+	Name string
+	// Value is the text after the colon as the MTA passed it (leading
+	// white space and folding kept), or as a service set it.
+	Value string
+
+	orig int // index among the fields the MTA sent; -1 for a new field
+}
+
+// Header is the working copy of a message header. It remembers which
+// fields came from the MTA so that the processor can express the changes
+// services made as milter header actions.
+type Header struct {
+	fields []HeaderField
+	sent   []HeaderField // as received, never changed
+}
+
+// NewHeader returns an empty header.
+func NewHeader() *Header { return &Header{} }
+
+// received appends a field as the MTA sent it.
+func (h *Header) received(name, value string) {
+	f := HeaderField{Name: name, Value: value, orig: len(h.sent)}
+	h.sent = append(h.sent, f)
+	h.fields = append(h.fields, f)
+}
+
+// Len is the number of fields.
+func (h *Header) Len() int { return len(h.fields) }
+
+// Fields returns a copy of the fields in order.
+func (h *Header) Fields() []HeaderField {
+	out := make([]HeaderField, len(h.fields))
+	copy(out, h.fields)
+	return out
+}
+
+// Get returns the value of the first field named name, with surrounding
+// white space and folding removed, or "".
+func (h *Header) Get(name string) string {
+	for _, f := range h.fields {
+		if strings.EqualFold(f.Name, name) {
+			return unfold(f.Value)
+		}
+	}
+	return ""
+}
+
+// Values returns the unfolded values of every field named name.
+func (h *Header) Values(name string) []string {
+	var out []string
+	for _, f := range h.fields {
+		if strings.EqualFold(f.Name, name) {
+			out = append(out, unfold(f.Value))
+		}
+	}
+	return out
+}
+
+// Add appends a new field at the end of the header.
+func (h *Header) Add(name, value string) error {
+	if err := checkFieldName(name); err != nil {
+		return err
+	}
+	v, err := cleanFieldValue(value)
+	if err != nil {
+		return err
+	}
+	h.fields = append(h.fields, HeaderField{Name: name, Value: v, orig: -1})
+	return nil
+}
+
+// Set replaces the value of the first field named name, or appends the
+// field if there is none.
+func (h *Header) Set(name, value string) error {
+	if err := checkFieldName(name); err != nil {
+		return err
+	}
+	v, err := cleanFieldValue(value)
+	if err != nil {
+		return err
+	}
+	for i := range h.fields {
+		if strings.EqualFold(h.fields[i].Name, name) {
+			h.fields[i].Value = v
+			return nil
+		}
+	}
+	h.fields = append(h.fields, HeaderField{Name: name, Value: v, orig: -1})
+	return nil
+}
+
+// Del removes every field named name.
+func (h *Header) Del(name string) {
+	out := h.fields[:0]
+	for _, f := range h.fields {
+		if !strings.EqualFold(f.Name, name) {
+			out = append(out, f)
+		}
+	}
+	h.fields = out
+}
+
+func unfold(v string) string {
+	v = strings.ReplaceAll(v, "\r\n", "")
+	v = strings.ReplaceAll(v, "\n", "")
+	return strings.TrimSpace(v)
+}
+
+// checkFieldName enforces RFC 5322 ftext and a sane length.
+func checkFieldName(name string) error {
+	if name == "" || len(name) > 76 {
+		return fmt.Errorf("opes: header field name %q: empty or longer than 76 octets", name)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 33 || c > 126 || c == ':' {
+			return fmt.Errorf("opes: header field name %q: byte 0x%02x not allowed", name, c)
+		}
+	}
+	return nil
+}
+
+// cleanFieldValue turns a value a service supplied into one that is safe
+// to hand to the MTA: CR and LF only as part of folding, no NUL, no other
+// control characters. A value whose line breaks are not followed by white
+// space would start a new header field and is refused.
+func cleanFieldValue(v string) (string, error) {
+	if len(v) > 16<<10 {
+		return "", fmt.Errorf("opes: header field value longer than 16 KiB")
+	}
+	v = strings.ReplaceAll(v, "\r\n", "\n")
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '\n':
+			if i+1 >= len(v) || (v[i+1] != ' ' && v[i+1] != '\t') {
+				return "", fmt.Errorf("opes: header field value has a line break not followed by white space")
+			}
+		case c == '\t':
+		case c < 0x20 || c == 0x7f:
+			return "", fmt.Errorf("opes: header field value contains control byte 0x%02x", c)
+		}
+	}
+	return strings.TrimLeft(v, " \t"), nil
+}
+
+// HeaderChangeKind says what a HeaderChange does.
+type HeaderChangeKind uint8
+
+// Kinds of header changes, as the milter protocol knows them.
+const (
+	InsertField HeaderChangeKind = iota // insert at Index (0 = top)
+	AppendField                         // add at the end
+	ChangeField                          // replace the Index-th (1-based) field named Name
+	DeleteField                         // delete the Index-th (1-based) field named Name
+)
+
+// HeaderChange is one header modification to send to the MTA. Values are
+// without the leading space and fold with "\r\n\t".
+type HeaderChange struct {
+	Kind  HeaderChangeKind
+	Name  string
+	Value string
+	Index int
+}
+
+// diff expresses the working copy against what the MTA sent, in an order
+// safe to apply: changes first, then deletions from the last occurrence
+// backwards (deleting shifts later same-name indexes), then appends.
+func (h *Header) diff() []HeaderChange {
+	occurrence := make([]int, len(h.sent)) // 1-based per-name index of each sent field
+	count := map[string]int{}
+	for i, f := range h.sent {
+		k := strings.ToLower(f.Name)
+		count[k]++
+		occurrence[i] = count[k]
+	}
+	present := make([]bool, len(h.sent))
+	var changes, deletes, appends []HeaderChange
+	for _, f := range h.fields {
+		if f.orig == origOwn {
+			continue // the processor inserts its own trace fields itself
+		}
+		if f.orig < 0 {
+			appends = append(appends, HeaderChange{Kind: AppendField, Name: f.Name, Value: f.Value})
+			continue
+		}
+		present[f.orig] = true
+		if f.Value != h.sent[f.orig].Value {
+			changes = append(changes, HeaderChange{Kind: ChangeField, Name: h.sent[f.orig].Name, Value: strings.TrimLeft(f.Value, " \t"), Index: occurrence[f.orig]})
+		}
+	}
+	for i := len(h.sent) - 1; i >= 0; i-- {
+		if !present[i] {
+			deletes = append(deletes, HeaderChange{Kind: DeleteField, Name: h.sent[i].Name, Index: occurrence[i]})
+		}
+	}
+	out := append(changes, deletes...)
+	return append(out, appends...)
+}

@@ -1,0 +1,142 @@
+package opes
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// TraceDetail selects how much the trace discloses (PROFILE §2).
+type TraceDetail uint8
+
+// Trace detail levels.
+const (
+	TraceFull    TraceDetail = iota // every service
+	TraceActions                    // only services that changed, refused, were bypassed or failed
+	TraceMinimal                    // the system entry only
+)
+
+// ParseTraceDetail accepts "full", "actions" or "minimal".
+func ParseTraceDetail(s string) (TraceDetail, error) {
+	switch s {
+	case "", "full":
+		return TraceFull, nil
+	case "actions":
+		return TraceActions, nil
+	case "minimal":
+		return TraceMinimal, nil
+	}
+	return 0, fmt.Errorf("unknown trace detail %q (want full, actions or minimal)", s)
+}
+
+// System identifies this OPES system (PROFILE §1).
+type System struct {
+	URI         string // OPES system URI; service URIs default to URI+"svc/"+name
+	PrivacyURL  string // where the reply's last line points; default URI
+	Contact     string
+	TraceDetail TraceDetail
+}
+
+// Matcher is a compiled rule condition. It is evaluated at the rule's
+// stage with the recipient being checked (nil outside RCPT).
+type Matcher interface {
+	Match(tx *Transaction, rcpt *Recipient) bool
+	// Needs reports what the condition reads, so the MTA sends it.
+	Needs() Needs
+}
+
+// Rule is one policy rule: at Stage, when When matches, the services in
+// Run are enabled for the rest of the transaction and/or Verdict applies.
+type Rule struct {
+	Name    string
+	Stage   Stage
+	When    Matcher // nil matches everything
+	Run     []*ServiceSpec
+	Verdict *Verdict
+	// URI identifies the rule in the trace when its verdict applies:
+	// <system-uri>rule/<name>.
+	URI string
+}
+
+// Limits bound what one transaction may consume (Postfix-style: every
+// resource bounded, failure is a defined reply).
+type Limits struct {
+	MaxHeaderFields int   // default 1000
+	MaxHeaderBytes  int   // default 1 MiB
+	MaxMessageSize  int64 // body octets; 0 = unlimited
+	Body            BodyOptions
+}
+
+// Policy is a loaded, validated configuration as the processor runs it.
+type Policy struct {
+	System   System
+	Services []*ServiceSpec
+	Rules    []*Rule
+	Limits   Limits
+}
+
+// Validate checks what the processor relies on. The policy package
+// reports errors with file positions before this is reached; this is the
+// last line of defence for policies built in code.
+func (p *Policy) Validate() error {
+	if err := CheckAgentURI(p.System.URI); err != nil {
+		return fmt.Errorf("system uri: %w", err)
+	}
+	if !strings.HasSuffix(p.System.URI, "/") {
+		return fmt.Errorf("system uri %q must end with '/'", p.System.URI)
+	}
+	seen := map[string]bool{}
+	for _, s := range p.Services {
+		if s.Impl == nil {
+			return fmt.Errorf("service %q has no implementation", s.Name)
+		}
+		if err := CheckAgentURI(s.URI); err != nil {
+			return fmt.Errorf("service %q: %w", s.Name, err)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("service %q defined twice", s.Name)
+		}
+		seen[s.Name] = true
+	}
+	for _, r := range p.Rules {
+		if r.Verdict == nil && len(r.Run) == 0 {
+			return fmt.Errorf("rule %q neither runs a service nor sets a verdict", r.Name)
+		}
+		if r.Verdict != nil {
+			if err := CheckAgentURI(r.URI); err != nil {
+				return fmt.Errorf("rule %q: %w", r.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ErrNoSystemURI is returned for a policy without a system URI.
+var ErrNoSystemURI = errors.New("opes: system uri is required")
+
+// Needs computes what the MTA must send for this policy: the end of
+// message always (the trace is added there), the stages where rules are
+// evaluated, what their conditions read, and what every service that a
+// rule can enable needs from that rule's stage on.
+func (p *Policy) Needs() Needs {
+	n := Needs{Stages: StagesOf(StageEOM)}
+	for _, r := range p.Rules {
+		n.Stages = n.Stages.Add(r.Stage)
+		if r.When != nil {
+			n = n.Union(r.When.Needs())
+		}
+		for _, s := range r.Run {
+			sn := s.Impl.Needs()
+			for st := StageConnect; st < numStages; st++ {
+				if st < r.Stage {
+					sn.Stages &^= 1 << st
+				}
+			}
+			n = n.Union(sn)
+		}
+	}
+	if n.Stages.Has(StageHeaders) {
+		n.Headers = true
+	}
+	return n
+}

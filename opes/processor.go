@@ -1,0 +1,607 @@
+package opes
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// Processor runs one policy. It is safe for concurrent use; each SMTP
+// connection gets its own Session.
+type Processor struct {
+	policy *Policy
+	log    *slog.Logger
+	newID  func() string
+}
+
+// NewProcessor validates the policy and returns a processor for it.
+func NewProcessor(p *Policy, log *slog.Logger) (*Processor, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if p.System.PrivacyURL == "" {
+		p.System.PrivacyURL = p.System.URI
+	}
+	if p.Limits.MaxHeaderFields <= 0 {
+		p.Limits.MaxHeaderFields = 1000
+	}
+	if p.Limits.MaxHeaderBytes <= 0 {
+		p.Limits.MaxHeaderBytes = 1 << 20
+	}
+	return &Processor{policy: p, log: log, newID: func() string { return ulid.Make().String() }}, nil
+}
+
+// Policy returns the policy the processor runs.
+func (p *Processor) Policy() *Policy { return p.policy }
+
+// NewSession starts the processing of one SMTP connection.
+func (p *Processor) NewSession() *Session {
+	return &Session{p: p, conn: &Connection{}}
+}
+
+// Outcome is what the processor answers at a stage.
+type Outcome struct {
+	// Kind is Continue, Reject or TempFail before the end of message; at
+	// the end of message Continue means "deliver with the changes below".
+	Kind  VerdictKind
+	Reply *SMTPReply // for Reject and TempFail
+
+	// End of message only.
+	TraceID       string
+	HeaderChanges []HeaderChange
+	Body          io.Reader // replacement body, nil if unchanged
+	Sender        *Address  // replacement sender
+	AddRcpts      []Address
+	DelRcpts      []string
+	Quarantine    string // reason; empty for none
+}
+
+var continueOutcome = &Outcome{Kind: Continue}
+
+// Session is the processor's state for one SMTP connection: connection
+// facts and the current transaction.
+type Session struct {
+	p    *Processor
+	conn *Connection
+	tx   *Transaction
+	run  *txRun
+}
+
+// txRun is the per-transaction pipeline state.
+type txRun struct {
+	active   []*activeService
+	records  []*traceRecord // invocation order
+	accepted bool           // a service answered Accept: run no more services
+	quarant  string
+	hdrBytes int
+	hdrOver  bool
+}
+
+type activeService struct {
+	spec *ServiceSpec
+	tx   ServiceTx
+	rec  *traceRecord
+}
+
+type traceRecord struct {
+	uri        string
+	action     string
+	status     string
+	bypassable bool
+}
+
+// actionRank orders trace actions so that a service reported at several
+// stages shows its most significant one.
+func actionRank(a string) int {
+	switch a {
+	case "analyzed", "":
+		return 0
+	case "rejected":
+		return 3
+	case "quarantined":
+		return 2
+	}
+	return 1
+}
+
+func (r *traceRecord) note(action string) {
+	if actionRank(action) >= actionRank(r.action) {
+		r.action = action
+	}
+}
+
+// Conn gives access to the connection facts so the bridge can fill them
+// (macros arrive at several stages).
+func (s *Session) Conn() *Connection { return s.conn }
+
+// Transaction returns the current transaction, starting one if needed.
+func (s *Session) Transaction() *Transaction {
+	if s.tx == nil {
+		s.tx = &Transaction{
+			Conn:   s.conn,
+			Header: NewHeader(),
+			Body:   NewBody(s.p.policy.Limits.Body),
+		}
+		s.run = &txRun{}
+	}
+	return s.tx
+}
+
+// Connect runs the connect stage.
+func (s *Session) Connect(ctx context.Context) *Outcome {
+	return s.stage(ctx, StageConnect, nil)
+}
+
+// Helo records the HELO/EHLO name and runs the helo stage.
+func (s *Session) Helo(ctx context.Context, name string) *Outcome {
+	s.conn.Helo = name
+	return s.stage(ctx, StageHelo, nil)
+}
+
+// Mail starts a new transaction with the envelope sender.
+func (s *Session) Mail(ctx context.Context, from Address) *Outcome {
+	if s.tx != nil && (s.tx.Sender != nil || s.tx.stage > StageMail) {
+		s.Abort()
+	}
+	tx := s.Transaction()
+	tx.Sender = &from
+	return s.stage(ctx, StageMail, nil)
+}
+
+// Rcpt adds a recipient and runs the rcpt stage for it. A refusal affects
+// only this recipient.
+func (s *Session) Rcpt(ctx context.Context, to Address) *Outcome {
+	tx := s.Transaction()
+	r := &Recipient{Address: to}
+	tx.Recipients = append(tx.Recipients, r)
+	o := s.stage(ctx, StageRcpt, r)
+	if o.Kind != Continue {
+		r.Refused = true
+	}
+	return o
+}
+
+// Data runs the data stage.
+func (s *Session) Data(ctx context.Context) *Outcome { return s.stage(ctx, StageData, nil) }
+
+// Header records one header field as the MTA sent it. Fields beyond the
+// limits are counted, not stored; the header stage then refuses.
+func (s *Session) Header(name, value string) {
+	tx := s.Transaction()
+	run := s.run
+	run.hdrBytes += len(name) + len(value) + 3
+	if tx.Header.Len() >= s.p.policy.Limits.MaxHeaderFields || run.hdrBytes > s.p.policy.Limits.MaxHeaderBytes {
+		run.hdrOver = true
+		return
+	}
+	tx.Header.received(name, value)
+}
+
+// EndOfHeaders runs the header stage.
+func (s *Session) EndOfHeaders(ctx context.Context) *Outcome {
+	s.Transaction()
+	if s.run.hdrOver {
+		return s.limitOutcome(StageHeaders, "message header too large")
+	}
+	return s.stage(ctx, StageHeaders, nil)
+}
+
+// BodyChunk appends body data. A non-nil outcome refuses the message
+// (size limit, spool failure).
+func (s *Session) BodyChunk(p []byte) *Outcome {
+	tx := s.Transaction()
+	if max := s.p.policy.Limits.MaxMessageSize; max > 0 && tx.Body.Size()+int64(len(p)) > max {
+		return s.limitOutcome(StageEOM, "message too big")
+	}
+	if _, err := tx.Body.Write(p); err != nil {
+		s.p.log.Error("spool body", "trace_id", s.traceID(), "err", err)
+		return s.failure(StageEOM, nil, "body spool failed")
+	}
+	return nil
+}
+
+// EndOfMessage runs the end-of-data stage and returns the verdict with
+// the trace fields and every change to apply. queueID is the MTA's queue
+// id (macro i), empty if unknown.
+func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
+	tx := s.Transaction()
+	if tx.QueueID == "" {
+		tx.QueueID = queueID
+	}
+	if s.run.hdrOver {
+		return s.limitOutcome(StageHeaders, "message header too large")
+	}
+	id := s.traceID()
+	// The system entry exists before the first service runs (PROFILE §2).
+	sysValue := s.systemEntry().String()
+	tx.Header.fields = append([]HeaderField{{Name: FieldSystem, Value: sysValue, orig: origOwn}}, tx.Header.fields...)
+
+	o := s.stage(ctx, StageEOM, nil)
+	if o.Kind != Continue {
+		return o
+	}
+	o = &Outcome{Kind: Continue, TraceID: id, Quarantine: s.run.quarant}
+	via := append([]TraceEntry{s.systemEntry()}, s.viaEntries(nil)...)
+	o.HeaderChanges = append(o.HeaderChanges,
+		HeaderChange{Kind: InsertField, Name: FieldVia, Value: FoldTraceList(FieldVia, via), Index: 0},
+		HeaderChange{Kind: InsertField, Name: FieldSystem, Value: FoldTraceList(FieldSystem, []TraceEntry{s.systemEntry()}), Index: 0},
+	)
+	o.HeaderChanges = append(o.HeaderChanges, tx.Header.diff()...)
+	if tx.newBody != nil {
+		o.Body = tx.newBody.Reader()
+	}
+	o.Sender = tx.envelope.sender
+	o.AddRcpts = tx.envelope.added
+	o.DelRcpts = tx.envelope.deleted
+	s.p.log.Info("opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
+		"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
+	return o
+}
+
+// Finish ends the transaction after the end of message was answered.
+func (s *Session) Finish() { s.Abort() }
+
+// Abort ends the current transaction (RSET, reject, or end of message).
+func (s *Session) Abort() {
+	if s.tx == nil {
+		return
+	}
+	for _, a := range s.run.active {
+		a.tx.Close()
+	}
+	s.tx.close()
+	s.tx, s.run = nil, nil
+}
+
+// Close ends the session.
+func (s *Session) Close() { s.Abort() }
+
+// origOwn marks the processor's own trace field in the working header.
+const origOwn = -2
+
+// traceID returns the transaction's trace id, fixing it on first use:
+// the MTA queue id when it is known and well-formed, else a ULID. Once
+// fixed it never changes, so a RCPT refusal and the delivered copy of
+// the same transaction carry the same id.
+func (s *Session) traceID() string {
+	tx := s.Transaction()
+	if tx.traceID == "" {
+		if isQueueID(tx.QueueID) {
+			tx.traceID = tx.QueueID
+		} else {
+			tx.traceID = s.p.newID()
+		}
+	}
+	return tx.traceID
+}
+
+// SetQueueID records the MTA's queue id as soon as a macro reveals it.
+func (s *Session) SetQueueID(id string) {
+	tx := s.Transaction()
+	if tx.QueueID == "" {
+		tx.QueueID = id
+	}
+}
+
+func isQueueID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Session) systemEntry() TraceEntry {
+	return TraceEntry{URI: s.p.policy.System.URI, Params: []TraceParam{{Name: "id", Value: s.traceID()}}}
+}
+
+// viaEntries lists the services invoked so far, filtered by the trace
+// detail level; decider is always listed, with bypassable=.
+func (s *Session) viaEntries(decider *traceRecord) []TraceEntry {
+	var out []TraceEntry
+	detail := s.p.policy.System.TraceDetail
+	for _, r := range s.run.records {
+		if r != decider {
+			if detail == TraceMinimal || (detail == TraceActions && r.action == "analyzed" && r.status == "") {
+				continue
+			}
+		}
+		e := TraceEntry{URI: r.uri, Params: []TraceParam{{Name: "action", Value: r.action}}}
+		if r.status != "" {
+			e.Params = append(e.Params, TraceParam{Name: "status", Value: r.status})
+		}
+		if r == decider {
+			e.Params = append(e.Params, TraceParam{Name: "bypassable", Value: yesNo(r.bypassable)})
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// stage evaluates the rules of stage st, then runs the enabled services'
+// hooks for st in the order they were enabled. The first refusal wins;
+// an Accept stops every later service for the transaction.
+func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome {
+	tx := s.Transaction()
+	tx.stage = st
+	run := s.run
+	for _, r := range s.p.policy.Rules {
+		if r.Stage != st || (r.When != nil && !r.When.Match(tx, rcpt)) {
+			continue
+		}
+		for _, spec := range r.Run {
+			s.enable(spec)
+		}
+		if r.Verdict != nil {
+			rec := s.record(r.URI, false)
+			if o := s.apply(st, rcpt, rec, *r.Verdict, "rule "+r.Name); o != nil {
+				return o
+			}
+			break
+		}
+	}
+	if run.accepted {
+		return continueOutcome
+	}
+	for _, a := range run.active {
+		if !a.spec.Impl.Needs().Stages.Has(st) {
+			continue
+		}
+		if a.rec == nil {
+			a.rec = s.record(a.spec.URI, a.spec.Bypassable)
+		}
+		var before []HeaderField
+		if st == StageEOM {
+			before = tx.Header.Fields()
+		}
+		v, err := s.call(ctx, a, st, rcpt)
+		if st == StageEOM {
+			s.protectTrace(a, before)
+		}
+		if err != nil {
+			s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)
+			a.rec.status = "failed"
+			switch a.spec.onError() {
+			case OnErrorContinue:
+				continue
+			case OnErrorReject:
+				v = Verdict{Kind: Reject, Reason: "service failed"}
+			default:
+				return s.failure(st, a.rec, "service "+a.spec.Name+" unavailable")
+			}
+		}
+		if o := s.apply(st, rcpt, a.rec, v, "service "+a.spec.Name); o != nil {
+			return o
+		}
+		if run.accepted {
+			break
+		}
+	}
+	return continueOutcome
+}
+
+// apply records a verdict and returns the outcome if it ends the stage.
+func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, who string) *Outcome {
+	rec.note(v.action())
+	switch v.Kind {
+	case Accept:
+		s.run.accepted = true
+	case Quarantine:
+		s.run.quarant = SanitizeText(firstNonEmpty(v.Reason, "held by OPES policy"), 200)
+	}
+	if !v.Kind.terminal() {
+		return nil
+	}
+	kind := v.Kind
+	if kind == Discard {
+		// No NDR generator yet: refusing keeps the sender informed; a
+		// silent discard would lose mail (docs/decisions.md).
+		kind = Reject
+	}
+	code, enh, text := defaultReply(st, kind)
+	if v.Reply.Code != 0 || v.Reply.Enhanced != "" {
+		c, e := v.Reply.Code, v.Reply.Enhanced
+		if c == 0 {
+			c = code
+		}
+		if e == "" {
+			e = enh
+		}
+		if err := validReplyCodes(c, e, kind); err != nil {
+			s.p.log.Warn("opes: invalid reply codes, using defaults", "trace_id", s.traceID(), "by", who, "err", err)
+		} else {
+			code, enh = c, e
+		}
+	}
+	if v.Reply.Text != "" {
+		text = v.Reply.Text
+	} else if v.Reason != "" {
+		text += " (" + v.Reason + ")"
+	}
+	reply := buildReply(code, enh, text, s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
+	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", who,
+		"verdict", kind.String(), "code", code, "rcpt_refused", rcpt != nil)
+	return &Outcome{Kind: kind, Reply: reply, TraceID: s.traceID()}
+}
+
+// failure is the reply for a service or processor failure: 451 4.3.0
+// with the trace (PROFILE §3).
+func (s *Session) failure(st Stage, rec *traceRecord, why string) *Outcome {
+	if rec == nil {
+		rec = s.record(s.p.policy.System.URI, false)
+	}
+	rec.note("analyzed")
+	if rec.status == "" {
+		rec.status = "failed"
+	}
+	reply := buildReply(451, "4.3.0", "OPES processing failed, try again later ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
+	return &Outcome{Kind: TempFail, Reply: reply, TraceID: s.traceID()}
+}
+
+// limitOutcome refuses a message that exceeds a configured bound.
+func (s *Session) limitOutcome(st Stage, why string) *Outcome {
+	rec := s.record(s.p.policy.System.URI, false)
+	rec.note("rejected")
+	reply := buildReply(552, "5.3.4", "Message refused by OPES processor ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
+	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", "limits", "why", why)
+	return &Outcome{Kind: Reject, Reply: reply, TraceID: s.traceID()}
+}
+
+func defaultReply(st Stage, kind VerdictKind) (int, string, string) {
+	what := map[Stage]string{
+		StageConnect: "Connection", StageHelo: "HELO name", StageMail: "Sender", StageRcpt: "Recipient",
+	}[st]
+	if what == "" {
+		what = "Message"
+	}
+	if kind == TempFail {
+		return 451, "4.7.1", what + " temporarily refused by OPES policy"
+	}
+	code := 550
+	if st == StageConnect || st >= StageData {
+		code = 554
+	}
+	return code, "5.7.1", what + " refused by OPES policy"
+}
+
+func firstNonEmpty(a ...string) string {
+	for _, s := range a {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+func (s *Session) record(uri string, bypassable bool) *traceRecord {
+	for _, r := range s.run.records {
+		if r.uri == uri {
+			return r
+		}
+	}
+	r := &traceRecord{uri: uri, action: "analyzed", bypassable: bypassable}
+	s.run.records = append(s.run.records, r)
+	return r
+}
+
+func (s *Session) enable(spec *ServiceSpec) {
+	for _, a := range s.run.active {
+		if a.spec == spec {
+			return
+		}
+	}
+	s.run.active = append(s.run.active, &activeService{spec: spec, tx: spec.Impl.Begin(s.tx)})
+}
+
+// call runs one hook; a panic in a service becomes an error so one bad
+// service cannot take the daemon down.
+func (s *Session) call(ctx context.Context, a *activeService, st Stage, rcpt *Recipient) (v Verdict, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.p.log.Error("opes: service panicked", "service", a.spec.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = fmt.Errorf("service %s panicked: %v", a.spec.Name, p)
+		}
+	}()
+	var changed bool
+	var bodyBefore *Body
+	if st == StageEOM {
+		bodyBefore = s.tx.newBody
+	}
+	switch st {
+	case StageConnect:
+		v, err = a.tx.Connect(ctx)
+	case StageHelo:
+		v, err = a.tx.Helo(ctx)
+	case StageMail:
+		v, err = a.tx.Mail(ctx)
+	case StageRcpt:
+		v, err = a.tx.Rcpt(ctx, rcpt)
+	case StageData:
+		v, err = a.tx.Data(ctx)
+	case StageHeaders:
+		v, err = a.tx.Headers(ctx)
+	case StageEOM:
+		before := s.tx.Header.Fields()
+		v, err = a.tx.EndOfMessage(ctx)
+		changed = s.tx.newBody != bodyBefore || !sameFields(before, s.tx.Header.fields)
+	}
+	if err == nil && changed && v.Action == "" && v.Kind == Continue {
+		v.Action = "modified"
+	}
+	return v, err
+}
+
+func sameFields(a, b []HeaderField) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// protectTrace enforces PROFILE §2 after a service ran at the end of
+// message: trace fields present before (upstream ones and ours) must
+// still be there unchanged, and a service may not add OPES-System or
+// OPES-Via. Violations are undone and logged.
+func (s *Session) protectTrace(a *activeService, before []HeaderField) {
+	h := s.tx.Header
+	// Drop trace fields the service added.
+	kept := h.fields[:0]
+	for _, f := range h.fields {
+		if f.orig == -1 && isTraceField(f.Name) && !strings.EqualFold(f.Name, FieldBypass) {
+			s.p.log.Warn("opes: service tried to add a trace field; removed", "trace_id", s.traceID(), "service", a.spec.Name, "field", f.Name)
+			continue
+		}
+		kept = append(kept, f)
+	}
+	h.fields = kept
+	// Restore removed or altered ones at their former position.
+	for i, old := range before {
+		if !isTraceField(old.Name) {
+			continue
+		}
+		j := indexOfOrig(h.fields, old.orig)
+		switch {
+		case j < 0:
+			s.p.log.Warn("opes: service removed a trace field; restored", "trace_id", s.traceID(), "service", a.spec.Name, "field", old.Name)
+			pos := min(i, len(h.fields))
+			h.fields = append(h.fields[:pos], append([]HeaderField{old}, h.fields[pos:]...)...)
+		case h.fields[j] != old:
+			s.p.log.Warn("opes: service altered a trace field; restored", "trace_id", s.traceID(), "service", a.spec.Name, "field", old.Name)
+			h.fields[j] = old
+		}
+	}
+}
+
+func indexOfOrig(fields []HeaderField, orig int) int {
+	for i, f := range fields {
+		if f.orig == orig {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,91 @@
+package opes
+
+import "context"
+
+// Service is the implementation of one configured OPES service. One value
+// serves every transaction; per-message state lives in the ServiceTx it
+// starts. Implementations know nothing of the milter protocol: they read
+// the Transaction and return verdicts; the processor applies them.
+type Service interface {
+	// Needs says which stages the service acts at and what message data it
+	// reads, so the milter asks the MTA for no more than that.
+	Needs() Needs
+	// Begin starts the service's work on one transaction.
+	Begin(tx *Transaction) ServiceTx
+}
+
+// Needs describes what a service (or the whole policy) needs from the MTA.
+type Needs struct {
+	Stages  StageSet // hooks that do work
+	Headers bool     // reads header fields
+	Body    bool     // reads the body
+}
+
+// Union returns the needs of both.
+func (n Needs) Union(o Needs) Needs {
+	return Needs{Stages: n.Stages | o.Stages, Headers: n.Headers || o.Headers, Body: n.Body || o.Body}
+}
+
+// ServiceTx is a service's state for one transaction, with one hook per
+// stage. Hooks run only for stages listed in Needs; embed BaseTx to get
+// "continue" for the others. A returned error is handled by the service's
+// on_error policy.
+type ServiceTx interface {
+	Connect(ctx context.Context) (Verdict, error)
+	Helo(ctx context.Context) (Verdict, error)
+	Mail(ctx context.Context) (Verdict, error)
+	Rcpt(ctx context.Context, rcpt *Recipient) (Verdict, error)
+	Data(ctx context.Context) (Verdict, error)
+	Headers(ctx context.Context) (Verdict, error)
+	// EndOfMessage may change the header, body and envelope through the
+	// Transaction.
+	EndOfMessage(ctx context.Context) (Verdict, error)
+	// Close releases per-transaction resources; it is always called.
+	Close()
+}
+
+// BaseTx answers "continue" at every stage. Embed it in a ServiceTx.
+type BaseTx struct{}
+
+func (BaseTx) Connect(context.Context) (Verdict, error)          { return ContinueVerdict, nil }
+func (BaseTx) Helo(context.Context) (Verdict, error)             { return ContinueVerdict, nil }
+func (BaseTx) Mail(context.Context) (Verdict, error)             { return ContinueVerdict, nil }
+func (BaseTx) Rcpt(context.Context, *Recipient) (Verdict, error) { return ContinueVerdict, nil }
+func (BaseTx) Data(context.Context) (Verdict, error)             { return ContinueVerdict, nil }
+func (BaseTx) Headers(context.Context) (Verdict, error)          { return ContinueVerdict, nil }
+func (BaseTx) EndOfMessage(context.Context) (Verdict, error)     { return ContinueVerdict, nil }
+func (BaseTx) Close()                                            {}
+
+// OnError is what a service failure (a hook error or panic) does.
+type OnError uint8
+
+// Failure policies. OnErrorDefault resolves to TempFail for services that
+// are required for delivery or not bypassable, and to Continue otherwise.
+const (
+	OnErrorDefault OnError = iota
+	OnErrorTempFail
+	OnErrorContinue
+	OnErrorReject
+)
+
+// ServiceSpec is a configured service instance: the policy attributes
+// around an implementation.
+type ServiceSpec struct {
+	Name                string
+	Kind                string
+	URI                 string // absolute; default <system-uri>svc/<name>
+	Bypassable          bool
+	RequiredForDelivery bool
+	OnError             OnError
+	Impl                Service
+}
+
+func (s *ServiceSpec) onError() OnError {
+	if s.OnError != OnErrorDefault {
+		return s.OnError
+	}
+	if s.RequiredForDelivery || !s.Bypassable {
+		return OnErrorTempFail
+	}
+	return OnErrorContinue
+}
