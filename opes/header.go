@@ -206,3 +206,53 @@ func (h *Header) diff() []HeaderChange {
 	out := append(changes, deletes...)
 	return append(out, appends...)
 }
+
+// ApplyChanges does to fields what an MTA does with the changes: it is
+// how `opesctl explain` and the tests show the header as it will be
+// delivered. Values of new fields get the conventional space after the
+// colon.
+func ApplyChanges(fields []HeaderField, changes []HeaderChange) []HeaderField {
+	out := make([]HeaderField, len(fields))
+	copy(out, fields)
+	nth := func(name string, n int) int {
+		for i := range out {
+			if strings.EqualFold(out[i].Name, name) {
+				if n--; n == 0 {
+					return i
+				}
+			}
+		}
+		return -1
+	}
+	for _, c := range changes {
+		f := HeaderField{Name: c.Name, Value: " " + c.Value, orig: -1}
+		switch c.Kind {
+		case InsertField:
+			i := min(max(c.Index, 0), len(out))
+			out = append(out[:i], append([]HeaderField{f}, out[i:]...)...)
+		case AppendField:
+			out = append(out, f)
+		case ChangeField:
+			if i := nth(c.Name, c.Index); i >= 0 {
+				out[i].Value = f.Value
+			}
+		case DeleteField:
+			if i := nth(c.Name, c.Index); i >= 0 {
+				out = append(out[:i], out[i+1:]...)
+			}
+		}
+	}
+	return out
+}
+
+// FormatHeader renders fields as wire text, CRLF line ends.
+func FormatHeader(fields []HeaderField) string {
+	var b strings.Builder
+	for _, f := range fields {
+		b.WriteString(f.Name)
+		b.WriteByte(':')
+		b.WriteString(strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n"))
+		b.WriteString("\r\n")
+	}
+	return b.String()
+}

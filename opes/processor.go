@@ -77,12 +77,13 @@ type Session struct {
 
 // txRun is the per-transaction pipeline state.
 type txRun struct {
-	active   []*activeService
-	records  []*traceRecord // invocation order
-	accepted bool           // a service answered Accept: run no more services
-	quarant  string
-	hdrBytes int
-	hdrOver  bool
+	active    []*activeService
+	records   []*traceRecord // invocation order
+	accepted  bool           // a service answered Accept: run no more services
+	quarant   string
+	evaluated StageSet // stages whose rules ran for this transaction
+	hdrBytes  int
+	hdrOver   bool
 }
 
 type activeService struct {
@@ -345,20 +346,20 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 	tx := s.Transaction()
 	tx.stage = st
 	run := s.run
-	for _, r := range s.p.policy.Rules {
-		if r.Stage != st || (r.When != nil && !r.When.Match(tx, rcpt)) {
-			continue
-		}
-		for _, spec := range r.Run {
-			s.enable(spec)
-		}
-		if r.Verdict != nil {
-			rec := s.record(r.URI, false)
-			if o := s.apply(st, rcpt, rec, *r.Verdict, "rule "+r.Name); o != nil {
+	// Rules of earlier stages that this transaction has not seen yet are
+	// evaluated first: the MTA skips stages the policy does not need, and
+	// a second message on one connection starts after connect and HELO.
+	for rs := StageConnect; rs < st; rs++ {
+		if !run.evaluated.Has(rs) {
+			run.evaluated = run.evaluated.Add(rs)
+			if o := s.rules(st, rs, nil); o != nil {
 				return o
 			}
-			break
 		}
+	}
+	run.evaluated = run.evaluated.Add(st)
+	if o := s.rules(st, st, rcpt); o != nil {
+		return o
 	}
 	if run.accepted {
 		return continueOutcome
@@ -398,6 +399,24 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		}
 	}
 	return continueOutcome
+}
+
+// rules evaluates the rules of stage rs while the dialog is at st: the
+// services they name are enabled, and the first matching verdict rule
+// decides (later rules of that stage are not evaluated).
+func (s *Session) rules(st, rs Stage, rcpt *Recipient) *Outcome {
+	for _, r := range s.p.policy.Rules {
+		if r.Stage != rs || (r.When != nil && !r.When.Match(s.tx, rcpt)) {
+			continue
+		}
+		for _, spec := range r.Run {
+			s.enable(spec)
+		}
+		if r.Verdict != nil {
+			return s.apply(st, rcpt, s.record(r.URI, false), *r.Verdict, "rule "+r.Name)
+		}
+	}
+	return nil
 }
 
 // apply records a verdict and returns the outcome if it ends the stage.
