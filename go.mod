@@ -10,3 +10,5 @@ require (
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.28.0 // indirect
 )
+
+replace github.com/d--j/go-milter => ./third_party/go-milter
