@@ -169,7 +169,9 @@ func checkTraceReply(t *testing.T, a *gomilter.Action, code int, service string)
 	}
 }
 
-func itoa(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + string(rune('0'+n/100)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10))) }
+func itoa(n int) string {
+	return strings.TrimSpace(strings.Repeat(" ", 0) + string(rune('0'+n/100)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10)))
+}
 
 func TestEveryStageAndTrace(t *testing.T) {
 	_, addr := startServer(t, fullPolicy(refuser{}))

@@ -149,7 +149,9 @@ func cleanFieldValue(v string) (string, error) {
 			return "", fmt.Errorf("opes: header field value contains control byte 0x%02x", c)
 		}
 	}
-	return strings.TrimLeft(v, " \t"), nil
+	// Canonical folding is CRLF; go-milter turns it into the LF the
+	// milter protocol expects.
+	return strings.ReplaceAll(strings.TrimLeft(v, " \t"), "\n", "\r\n"), nil
 }
 
 // HeaderChangeKind says what a HeaderChange does.
@@ -159,7 +161,7 @@ type HeaderChangeKind uint8
 const (
 	InsertField HeaderChangeKind = iota // insert at Index (0 = top)
 	AppendField                         // add at the end
-	ChangeField                          // replace the Index-th (1-based) field named Name
+	ChangeField                         // replace the Index-th (1-based) field named Name
 	DeleteField                         // delete the Index-th (1-based) field named Name
 )
 

@@ -125,14 +125,11 @@ func (p *Policy) Needs() Needs {
 		if r.When != nil {
 			n = n.Union(r.When.Needs())
 		}
+		// A service enabled late may still read data of earlier stages
+		// (an acl entry at RCPT testing the client address), so its
+		// stages are kept whole.
 		for _, s := range r.Run {
-			sn := s.Impl.Needs()
-			for st := StageConnect; st < numStages; st++ {
-				if st < r.Stage {
-					sn.Stages &^= 1 << st
-				}
-			}
-			n = n.Union(sn)
+			n = n.Union(s.Impl.Needs())
 		}
 	}
 	if n.Stages.Has(StageHeaders) {

@@ -9,7 +9,7 @@ import (
 func TestFoldTraceListGolden(t *testing.T) {
 	sys := TraceEntry{URI: testSystem, Params: []TraceParam{{"id", "7QF3X2"}}}
 	cases := map[string][]TraceEntry{
-		"trace-system.golden": {sys},
+		"trace-system.golden":    {sys},
 		"trace-via-short.golden": {sys, {URI: testSystem + "svc/acl", Params: []TraceParam{{"action", "analyzed"}}}},
 		"trace-via-long.golden": {
 			sys,

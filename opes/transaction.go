@@ -166,7 +166,11 @@ func (t *Transaction) ReplaceBody(fill func(w *Body) error) error {
 	if t.stage != StageEOM {
 		return ErrNotAtEOM
 	}
-	nb := NewBody(t.Body.opts)
+	var opts BodyOptions
+	if t.Body != nil {
+		opts = t.Body.opts
+	}
+	nb := NewBody(opts)
 	if err := fill(nb); err != nil {
 		_ = nb.Close()
 		return fmt.Errorf("opes: replace body: %w", err)

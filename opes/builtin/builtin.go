@@ -1,0 +1,33 @@
+// Package builtin maps the service kinds the policy file names (kind =
+// "acl") to the packages that implement them. It is the one place that
+// imports every built-in service, so the policy loader and the command
+// line tools share one list and adding a service is one case here.
+// There is no registration at init time and no mutable package state.
+package builtin
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/acl"
+	"github.com/opesmilter/opes-milter/opes/tag"
+)
+
+// New builds a service of the given kind. decode fills a struct from the
+// service's [service.options] table, the way toml.PrimitiveDecode does;
+// errors in options are *opes.FieldError relative to that table.
+func New(kind string, decode func(v any) error) (opes.Service, error) {
+	switch kind {
+	case "acl":
+		return acl.New(decode)
+	case "tag":
+		return tag.New(decode)
+	}
+	return nil, fmt.Errorf("unknown service kind %q (known kinds: %s)", kind, strings.Join(Kinds(), ", "))
+}
+
+// Kinds lists the built-in kinds, sorted. The slice is new on every call.
+func Kinds() []string {
+	return []string{"acl", "tag"}
+}
