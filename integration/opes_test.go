@@ -182,6 +182,7 @@ func TestTraceOnEveryDeliveredMessage(t *testing.T) {
 					t.Fatalf("DATA: %s", r)
 				}
 				d := sink.WaitDump(t, HasHeader("Subject", subject), 10*time.Second)
+				t.Logf("delivered:\n%s", d.Message)
 				traceBlock(t, d, "https://localhost/opes/", m[1])
 				if !strings.Contains(string(d.Message), "Received: from client.example") {
 					t.Errorf("Postfix's Received missing:\n%s", d.Message)

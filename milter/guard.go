@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,17 +36,32 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &guardConn{Conn: c, log: l.log}
+	src := ackReader{Conn: c}
 	if tc, ok := c.(*net.TCPConn); ok {
-		g.quickAck = quickAcker(tc)
+		src.quickAck = quickAcker(tc)
 	}
-	return g, nil
+	// Buffered: the MTA's macro and command packets usually arrive
+	// together, and one read syscall then serves both.
+	return &guardConn{Conn: c, log: l.log, r: bufio.NewReaderSize(src, 4<<10)}, nil
+}
+
+// ackReader re-arms TCP_QUICKACK before every read from the socket.
+type ackReader struct {
+	net.Conn
+	quickAck func()
+}
+
+func (a ackReader) Read(p []byte) (int, error) {
+	if a.quickAck != nil {
+		a.quickAck()
+	}
+	return a.Conn.Read(p)
 }
 
 type guardConn struct {
 	net.Conn
-	log      *slog.Logger
-	quickAck func()
+	log *slog.Logger
+	r   *bufio.Reader
 
 	mu      sync.Mutex
 	pending []byte // validated bytes not yet handed to go-milter
@@ -67,23 +83,8 @@ func (c *guardConn) Read(p []byte) (int, error) {
 }
 
 func (c *guardConn) readFull(b []byte) error {
-	for off := 0; off < len(b); {
-		if c.quickAck != nil {
-			c.quickAck()
-		}
-		n, err := c.Conn.Read(b[off:])
-		off += n
-		if err != nil {
-			if off == len(b) {
-				return nil
-			}
-			if off > 0 && errors.Is(err, io.EOF) {
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
+	_, err := io.ReadFull(c.r, b)
+	return err
 }
 
 func (c *guardConn) next() error {
