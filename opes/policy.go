@@ -1,8 +1,8 @@
 package opes
 
 import (
-	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 )
 
@@ -82,37 +82,65 @@ func (p *Policy) Validate() error {
 	if err := CheckAgentURI(p.System.URI); err != nil {
 		return fmt.Errorf("system uri: %w", err)
 	}
-	if !strings.HasSuffix(p.System.URI, "/") {
-		return fmt.Errorf("system uri %q must end with '/'", p.System.URI)
+	if u, _ := url.Parse(p.System.URI); u.Scheme != "https" || u.RawQuery != "" || !strings.HasSuffix(u.Path, "/") {
+		return fmt.Errorf("system uri %q must be https, without query, ending with '/'", p.System.URI)
 	}
-	seen := map[string]bool{}
+	// Trace records are keyed by URI: two agents with one URI would
+	// merge in the trace and in bypass matching.
+	uris := map[string]string{p.System.URI: "the system"}
+	claim := func(uri, who string) error {
+		if err := CheckAgentURI(uri); err != nil {
+			return fmt.Errorf("%s: %w", who, err)
+		}
+		if other, dup := uris[uri]; dup {
+			return fmt.Errorf("%s: uri %q already used by %s", who, uri, other)
+		}
+		uris[uri] = who
+		return nil
+	}
+	known := map[*ServiceSpec]bool{}
 	for _, s := range p.Services {
+		who := fmt.Sprintf("service %q", s.Name)
 		if s.Impl == nil {
-			return fmt.Errorf("service %q has no implementation", s.Name)
+			return fmt.Errorf("%s has no implementation", who)
 		}
-		if err := CheckAgentURI(s.URI); err != nil {
-			return fmt.Errorf("service %q: %w", s.Name, err)
+		if err := claim(s.URI, who); err != nil {
+			return err
 		}
-		if seen[s.Name] {
-			return fmt.Errorf("service %q defined twice", s.Name)
-		}
-		seen[s.Name] = true
+		known[s] = true
 	}
+	names := map[string]bool{}
 	for _, r := range p.Rules {
+		who := fmt.Sprintf("rule %q", r.Name)
+		if names[r.Name] {
+			return fmt.Errorf("%s defined twice", who)
+		}
+		names[r.Name] = true
 		if r.Verdict == nil && len(r.Run) == 0 {
-			return fmt.Errorf("rule %q neither runs a service nor sets a verdict", r.Name)
+			return fmt.Errorf("%s neither runs a service nor sets a verdict", who)
+		}
+		for _, s := range r.Run {
+			if !known[s] {
+				return fmt.Errorf("%s runs a service that is not in the policy's services", who)
+			}
 		}
 		if r.Verdict != nil {
-			if err := CheckAgentURI(r.URI); err != nil {
-				return fmt.Errorf("rule %q: %w", r.Name, err)
+			if err := claim(r.URI, who); err != nil {
+				return err
+			}
+			if v := r.Verdict; v.Reply.Code != 0 && (v.Kind == Reject || v.Kind == TempFail) {
+				enh := v.Reply.Enhanced
+				if enh == "" { // the processor supplies x.7.1
+					enh = fmt.Sprintf("%d.7.1", v.Reply.Code/100)
+				}
+				if err := validReplyCodes(v.Reply.Code, enh, v.Kind); err != nil {
+					return fmt.Errorf("%s: %w", who, err)
+				}
 			}
 		}
 	}
 	return nil
 }
-
-// ErrNoSystemURI is returned for a policy without a system URI.
-var ErrNoSystemURI = errors.New("opes: system uri is required")
 
 // Needs computes what the MTA must send for this policy: the end of
 // message always (the trace is added there), the stages where rules are

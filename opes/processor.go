@@ -20,10 +20,13 @@ type Processor struct {
 }
 
 // NewProcessor validates the policy and returns a processor for it.
-func NewProcessor(p *Policy, log *slog.Logger) (*Processor, error) {
-	if err := p.Validate(); err != nil {
+func NewProcessor(policy *Policy, log *slog.Logger) (*Processor, error) {
+	if err := policy.Validate(); err != nil {
 		return nil, err
 	}
+	// Defaults go into a copy: the caller's policy may be shared.
+	cp := *policy
+	p := &cp
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -1,6 +1,9 @@
 package opes
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // VerdictKind is what a service or a rule decides at one stage.
 type VerdictKind uint8
@@ -32,7 +35,7 @@ func (k VerdictKind) String() string {
 // ParseVerdictKind accepts the names used in the policy file.
 func ParseVerdictKind(s string) (VerdictKind, error) {
 	for i, n := range verdictNames {
-		if s == n {
+		if strings.EqualFold(strings.TrimSpace(s), n) {
 			return VerdictKind(i), nil
 		}
 	}

@@ -1,0 +1,149 @@
+// Package policy loads opes-milter's configuration: one TOML file that
+// names the OPES system, the milter socket, the resource limits, the
+// configured services and the rules that enable them, and turns it into
+// the *opes.Policy the processor runs.
+//
+// The file is checked completely before anything runs. Every problem —
+// syntax, types, unknown keys, unknown names, values services refuse — is
+// reported at once, each as "file:line:column: message", and a file with
+// any problem yields no Config: a mail filter that starts with half a
+// policy would let through what the administrator meant to stop.
+//
+// docs/configuration.md and the comment block of default.toml describe
+// every key.
+package policy
+
+import (
+	"cmp"
+	_ "embed"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opesmilter/opes-milter/opes"
+)
+
+// Config is a loaded, validated configuration file.
+type Config struct {
+	Policy *opes.Policy
+	Milter Milter
+	// Source names where the configuration came from: the file name, or
+	// "embedded default".
+	Source string
+}
+
+// Milter holds the settings of the milter listener.
+type Milter struct {
+	// Listen is a socket spec (see internal/sockspec), already checked.
+	Listen string
+	// ReadTimeout bounds the wait for the MTA's next packet; 0 = none.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds sending one reply to the MTA; 0 = none.
+	WriteTimeout time.Duration
+	// ShutdownTimeout is how long a stopping daemon lets open
+	// connections finish; always positive.
+	ShutdownTimeout time.Duration
+}
+
+// Defaults of the [milter] and [limits] tables.
+const (
+	DefaultListen          = "inet:10028@127.0.0.1"
+	DefaultWriteTimeout    = 10 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultMaxHeaderFields = 1000
+	DefaultMaxHeaderBytes  = 1 << 20
+	DefaultBodyMemory      = 256 << 10
+)
+
+// DefaultSource is the Source of the embedded default configuration.
+const DefaultSource = "embedded default"
+
+// maxFileSize bounds what Load reads: a policy is a few kilobytes, and a
+// wrong path pointing at a log file should fail fast.
+const maxFileSize = 4 << 20
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// Default returns the embedded default configuration: the system URI
+// https://localhost/opes/, full trace detail, no services and no rules.
+// It traces every message and refuses nothing.
+func Default() *Config {
+	cfg, err := Parse(DefaultSource, defaultTOML)
+	if err != nil {
+		// Caught by the tests; an unusable binary must not start.
+		panic("policy: embedded default.toml: " + err.Error())
+	}
+	return cfg
+}
+
+// Load reads and parses the configuration file at path. Problems in the
+// file are returned as Errors.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("policy: read %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, Errors{{File: path, Line: 1, Col: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxFileSize)}}
+	}
+	return Parse(path, data)
+}
+
+// Parse parses a configuration held in memory; name is used in error
+// positions and as the Config's Source. The error, if any, is Errors.
+func Parse(name string, data []byte) (*Config, error) {
+	l := &loader{file: name, src: string(data)}
+	cfg := l.load()
+	if len(l.errs) > 0 {
+		return nil, l.errs.sorted()
+	}
+	return cfg, nil
+}
+
+// Error is one problem in a configuration file, at a 1-based line and
+// byte column.
+type Error struct {
+	File      string
+	Line, Col int
+	Msg       string
+}
+
+func (e Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg) }
+
+// Errors are all the problems found in one file, in file order.
+type Errors []Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sorted orders by position and drops exact repeats, which arise when
+// several checks meet the same value.
+func (es Errors) sorted() Errors {
+	out := make(Errors, 0, len(es))
+	seen := map[Error]bool{}
+	for _, e := range es {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	// Stable: messages at one position keep the order they were found in.
+	slices.SortStableFunc(out, func(a, b Error) int {
+		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
+	})
+	return out
+}

@@ -1,0 +1,159 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/opesmilter/opes-milter/internal/sockspec"
+	"github.com/opesmilter/opes-milter/opes"
+)
+
+func (l *loader) system(v any, sys *opes.System) {
+	p := path{{key: "system"}}
+	t, ok := l.table(v, p, systemKeys)
+	if !ok {
+		return
+	}
+	if !t.has("uri") {
+		l.errorf(p.key("uri"), `is required: the OPES system URI, e.g. uri = "https://mx1.example.net/opes/"`)
+	} else if uri, ok := t.str("uri"); ok {
+		if err := checkSystemURI(uri); err != nil {
+			l.errorf(p.key("uri"), "%v", err)
+		} else {
+			sys.URI, l.sysURI = uri, uri
+		}
+	}
+	sys.PrivacyURL = sys.URI
+	if s, ok := t.str("privacy_url"); ok {
+		if err := checkPrivacyURL(s); err != nil {
+			l.errorf(p.key("privacy_url"), "%v", err)
+		} else {
+			sys.PrivacyURL = s
+		}
+	}
+	if s, ok := t.str("contact"); ok {
+		if err := checkText(s, 256); err != nil {
+			l.errorf(p.key("contact"), "%v", err)
+		}
+		sys.Contact = s
+	}
+	if s, ok := t.str("trace_detail"); ok {
+		d, err := opes.ParseTraceDetail(s)
+		if err != nil {
+			l.errorf(p.key("trace_detail"), "%v", err)
+		}
+		sys.TraceDetail = d
+	}
+}
+
+// checkSystemURI adds PROFILE §1's https and the loader's own needs to
+// opes.CheckAgentURI: service and rule URIs are formed by appending
+// "svc/<name>" and "rule/<name>", which needs a trailing slash and no
+// query.
+func checkSystemURI(s string) error {
+	if err := opes.CheckAgentURI(s); err != nil {
+		return err
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !strings.EqualFold(u.Scheme, "https"):
+		return fmt.Errorf("URI %q must use https", s)
+	case u.User != nil:
+		return fmt.Errorf("URI %q must not contain user information", s)
+	case u.RawQuery != "" || u.ForceQuery:
+		return fmt.Errorf("URI %q must not have a query: service and rule URIs are formed by appending to it", s)
+	case !strings.HasSuffix(s, "/"):
+		return fmt.Errorf(`URI %q must end with "/": service URIs are formed by appending "svc/<name>"`, s)
+	}
+	return nil
+}
+
+// checkPrivacyURL: the URL is shown in every refusal reply, so it must
+// be a plain http(s) URL of printable ASCII that fits a reply line.
+func checkPrivacyURL(s string) error {
+	if s == "" {
+		return errors.New("empty URL")
+	}
+	if err := checkText(s, 400); err != nil {
+		return err
+	}
+	if strings.Contains(s, " ") {
+		return fmt.Errorf("URL %q contains a space", s)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("URL %q: %v", s, err)
+	}
+	if u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+		return fmt.Errorf("URL %q is not an absolute http or https URL", s)
+	}
+	return nil
+}
+
+func (l *loader) milter(v any, m *Milter) {
+	p := path{{key: "milter"}}
+	*m = Milter{Listen: DefaultListen, WriteTimeout: DefaultWriteTimeout, ShutdownTimeout: DefaultShutdownTimeout}
+	t, ok := l.table(v, p, milterKeys)
+	if !ok {
+		return
+	}
+	if s, ok := t.str("listen"); ok {
+		if _, _, err := sockspec.Parse(s); err != nil {
+			l.errorf(p.key("listen"), "%v", err)
+		}
+		m.Listen = s
+	}
+	if d, ok := t.duration("read_timeout"); ok {
+		m.ReadTimeout = d
+	}
+	if d, ok := t.duration("write_timeout"); ok {
+		m.WriteTimeout = d
+	}
+	if d, ok := t.duration("shutdown_timeout"); ok {
+		if d == 0 {
+			l.errorf(p.key("shutdown_timeout"), "must be positive")
+		}
+		m.ShutdownTimeout = d
+	}
+}
+
+func (l *loader) limits(v any, lim *opes.Limits) {
+	p := path{{key: "limits"}}
+	*lim = opes.Limits{
+		MaxHeaderFields: DefaultMaxHeaderFields,
+		MaxHeaderBytes:  DefaultMaxHeaderBytes,
+		Body:            opes.BodyOptions{MaxMemory: DefaultBodyMemory},
+	}
+	t, ok := l.table(v, p, limitsKeys)
+	if !ok {
+		return
+	}
+	if n, ok := t.integer("max_message_size"); ok {
+		if n < 0 {
+			l.errorf(p.key("max_message_size"), "must not be negative (0 means unlimited)")
+		}
+		lim.MaxMessageSize = n
+	}
+	// For the others 0 keeps the default, as it does in opes.
+	if n, ok := t.size("max_header_fields"); ok && n > 0 {
+		lim.MaxHeaderFields = n
+	}
+	if n, ok := t.size("max_header_bytes"); ok && n > 0 {
+		lim.MaxHeaderBytes = n
+	}
+	if n, ok := t.size("body_memory"); ok && n > 0 {
+		lim.Body.MaxMemory = n
+	}
+	if s, ok := t.str("temp_dir"); ok {
+		if s != "" && !filepath.IsAbs(s) {
+			l.errorf(p.key("temp_dir"), "%q is not an absolute path", s)
+		}
+		lim.Body.TempDir = s
+	}
+}
