@@ -2,6 +2,8 @@ package integration
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -219,10 +221,19 @@ func TestRefusalsCarryTraceThroughPostfix(t *testing.T) {
 	if r := c.RcptTo("bob@example.net"); r.Code != 250 {
 		t.Fatalf("second RCPT: %s", r)
 	}
-	if r := c.Data(message("split")); r.Code != 250 {
+	// Upstream trace fields (another OPES system before us) must pass
+	// through byte for byte, folding included.
+	upstream := "OPES-System: https://relay.upstream.example/opes/; id=UP77\n" +
+		"OPES-Via: https://relay.upstream.example/opes/; id=UP77,\n" +
+		"\thttps://relay.upstream.example/opes/svc/av;  action=analyzed\n" +
+		"OPES-Bypass: *\n"
+	if r := c.Data(append([]byte(upstream), message("split")...)); r.Code != 250 {
 		t.Fatalf("DATA: %s", r)
 	}
 	d := sink.WaitDump(t, HasHeader("Subject", "split"), 10*time.Second)
+	if !strings.Contains(string(d.Message), upstream) {
+		t.Errorf("upstream trace fields changed:\n%s", d.Message)
+	}
 	if len(d.Rcpts) != 1 || d.Rcpts[0] != "bob@example.net" {
 		t.Errorf("delivered to %v", d.Rcpts)
 	}
@@ -314,4 +325,41 @@ func TestReloadValidatesAndKeepsRunningPolicy(t *testing.T) {
 	c.Ehlo("client.example")
 	checkTraceReply(t, c.MailFrom("blocked@example.org"), 550, "5.7.1", itSystem+"svc/access")
 	c.Quit()
+}
+
+// TestGarbageOnTheSocket writes what used to crash go-milter, and random
+// bytes, to the running daemon's socket; Postfix mail keeps flowing.
+func TestGarbageOnTheSocket(t *testing.T) {
+	t.Parallel()
+	sink, m, pf := mta(t, MilterOptions{})
+	optneg := []byte{0, 0, 0, 13, 'O', 0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0x1f, 0xff, 0xff}
+	random := make([]byte, 8192)
+	for i := range random {
+		random[i] = byte(i*7919 + i/3)
+	}
+	payloads := [][]byte{
+		{0, 0, 0, 0},
+		append(append([]byte{}, optneg...), 0, 0, 0, 0),
+		append(append([]byte{}, optneg...), append([]byte{0, 0, 0, 10, 'C'}, "hostname!"...)...),
+		append(append([]byte{}, optneg...), append([]byte{0, 0, 0, 5, 'R'}, "a@b"...)...),
+		random,
+	}
+	addr := strings.TrimPrefix(m.PostfixSpec(), "inet:")
+	for _, p := range payloads {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("daemon gone: %v", err)
+		}
+		_, _ = c.Write(p)
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		_, _ = io.Copy(io.Discard, c)
+		_ = c.Close()
+	}
+	m.WaitLog(t, "malformed packet", 5*time.Second)
+	tr := SendMail(t, pf.Addr(), "alice@example.org", []string{"bob@example.net"}, message("after-garbage"))
+	if !tr.Accepted() {
+		t.Fatalf("mail after garbage:\n%s", tr)
+	}
+	d := sink.WaitDump(t, HasHeader("Subject", "after-garbage"), 10*time.Second)
+	traceBlock(t, d, "https://localhost/opes/", "")
 }
