@@ -158,6 +158,9 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		!e.step("mail <"+*from+">", e.sess.Mail(ctx, opes.Address{Addr: *from})) {
 		return 3
 	}
+	// As with Sendmail, the queue id is known from MAIL on (Postfix tells
+	// it only after the first accepted RCPT).
+	e.sess.SetQueueID(*queueID)
 	accepted := 0
 	for _, r := range rcpts {
 		if e.step("rcpt <"+r+">", e.sess.Rcpt(ctx, opes.Address{Addr: r})) {

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func runCtl(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", name, got, want)
+	}
+}
+
+const example = "../../contrib/policy-example.toml"
+
+func TestCheck(t *testing.T) {
+	code, out, _ := runCtl("check", "-config", example)
+	if code != 0 || !strings.Contains(out, "ok (2 services, 3 rules") {
+		t.Fatalf("check of the example: exit %d, %q", code, out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("[system]\nuri = \"https://x.example/opes/\"\n\n[[rule]]\nname = \"r\"\nverdict = \"reject\"\ncode = 450\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCtl("check", "-config", bad)
+	if code != 1 || !strings.HasPrefix(errOut, bad+":7:") {
+		t.Fatalf("invalid file: exit %d, stderr %q (want %s:7:col: ...)", code, errOut, bad)
+	}
+}
+
+func TestExplain(t *testing.T) {
+	code, out, errOut := runCtl("explain", "-config", example, "-from", "alice@outside.example",
+		"-rcpt", "bob@example.net", "-rcpt", "trap@example.net", "-client", "198.51.100.7",
+		"-helo", "mail.outside.example", "-queue-id", "4ABC123", "testdata/external.eml")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	golden(t, "explain-external.golden", out)
+
+	// Refused at connect: exit 3 and the full reply.
+	code, out, _ = runCtl("explain", "-config", example, "-from", "a@b.example", "-rcpt", "bob@example.net",
+		"-client", "192.0.2.9", "testdata/external.eml")
+	if code != 3 || !strings.Contains(out, "554-5.7.1 Your network is blocked by local policy") ||
+		!strings.Contains(out, "554 5.7.1 Policy, privacy and bypass: https://mx1.example.net/opes/privacy") {
+		t.Fatalf("connect refusal: exit %d\n%s", code, out)
+	}
+}
+
+func TestExplainDefaultPolicy(t *testing.T) {
+	code, out, errOut := runCtl("explain", "-from", "a@example.org", "-rcpt", "b@example.net", "-queue-id", "Q1", "testdata/external.eml")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "--- header as delivered ---\nOPES-System: https://localhost/opes/; id=Q1\nOPES-Via: https://localhost/opes/; id=Q1\nFrom: Alice") {
+		t.Errorf("default policy output:\n%s", out)
+	}
+}
