@@ -24,15 +24,22 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 		name    string
 		sink    *Sink
 		pf      *Postfix
+		milter  *Milter
 		sent    int
 		elapsed time.Duration
+		cpu     time.Duration // milter CPU time spent in the batches
 	}
 	var setups []*setup
 	for _, mode := range []string{"none", "tcp", "unix"} {
 		s := &setup{name: mode, sink: StartSink(b)}
 		opts := PostfixOptions{RelayTo: s.sink.Addr(), DefaultAction: "tempfail"}
 		if mode != "none" {
-			opts.Milter = StartMilter(b, MilterOptions{Binary: milterBinary, Unix: mode == "unix"}).PostfixSpec()
+			var args []string
+			if dir := os.Getenv("OPES_BENCH_PROFILE_DIR"); dir != "" {
+				args = []string{"-cpuprofile", dir + "/milter-" + mode + ".pprof", "-log-level", "info"}
+			}
+			s.milter = StartMilter(b, MilterOptions{Binary: milterBinary, Unix: mode == "unix", Args: args})
+			opts.Milter = s.milter.PostfixSpec()
 		}
 		s.pf = StartPostfix(b, opts)
 		setups = append(setups, s)
@@ -40,7 +47,7 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 	source := mustBin(b, "smtp-source")
 	for b.Loop() {
 		for _, s := range setups {
-			start := time.Now()
+			start, cpu0 := time.Now(), s.milter.CPUTime()
 			out, err := exec.Command(source, "-s", "10", "-m", fmt.Sprint(batch), "-l", "4096",
 				"-f", "alice@example.org", "-t", "bob@example.net", s.pf.Addr()).CombinedOutput()
 			if err != nil {
@@ -49,6 +56,7 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 			s.sent += batch
 			waitFiles(b, s.sink.Dir(), s.sent, 60*time.Second)
 			s.elapsed += time.Since(start)
+			s.cpu += s.milter.CPUTime() - cpu0
 		}
 	}
 	base := float64(setups[0].sent) / setups[0].elapsed.Seconds()
@@ -57,6 +65,7 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 		b.ReportMetric(rate, "msg/s-"+s.name)
 		if s.name != "none" {
 			b.ReportMetric(rate/base, "ratio-"+s.name)
+			b.ReportMetric(float64(s.cpu.Microseconds())/float64(s.sent), "milter-cpu-µs/msg-"+s.name)
 			if d := s.sink.Dumps(); len(d) == 0 || len(d[0].Header()["Opes-System"]) != 1 {
 				b.Fatalf("%s: delivered message without trace", s.name)
 			}

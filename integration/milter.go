@@ -43,6 +43,7 @@ type MilterOptions struct {
 	Binary string // path to the opes-milter binary (see BuildMilter)
 	Policy string // TOML policy text; empty runs the embedded default policy
 	Unix   bool   // listen on a unix socket instead of 127.0.0.1:<free port>
+	Args   []string
 }
 
 // BuildMilter compiles ./cmd/opes-milter of this module into dir.
@@ -78,6 +79,7 @@ func StartMilter(t testing.TB, o MilterOptions) *Milter {
 		}
 		args = append(args, "-config", m.config)
 	}
+	args = append(args, o.Args...)
 	m.cmd = exec.Command(o.Binary, args...)
 	m.cmd.Stderr = syncWriter{m.mu, m.log}
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -138,6 +140,22 @@ func (m *Milter) WaitLog(t testing.TB, s string, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// CPUTime is the user+system CPU time the daemon has used so far (zero
+// for a nil Milter), read from /proc.
+func (m *Milter) CPUTime() time.Duration {
+	if m == nil {
+		return 0
+	}
+	f, err := procStat(m.cmd.Process.Pid)
+	if err != nil || len(f) < 13 { // fields after the command name: utime is the 12th
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
 
 // Signal sends sig to the daemon.

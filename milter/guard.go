@@ -66,6 +66,28 @@ type guardConn struct {
 	mu      sync.Mutex
 	pending []byte // validated bytes not yet handed to go-milter
 	hdr     [4]byte
+
+	wmu  sync.Mutex
+	held []byte // a packet header waiting for its payload
+}
+
+// Write joins go-milter's two writes per packet (5-byte length+code, then
+// the payload) into one, halving the write syscalls and sending each
+// packet as one segment.
+func (c *guardConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.held == nil && len(p) == 5 && binary.BigEndian.Uint32(p) > 1 {
+		c.held = append(make([]byte, 0, 5+min(int(binary.BigEndian.Uint32(p)), maxPacket)), p...)
+		return len(p), nil
+	}
+	if c.held != nil {
+		buf := append(c.held, p...)
+		c.held = nil
+		n, err := c.Conn.Write(buf)
+		return max(n-5, 0), err
+	}
+	return c.Conn.Write(p)
 }
 
 // Read returns bytes of whole, validated packets only.

@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 
@@ -35,7 +36,7 @@ func main() {
 }
 
 type flags struct {
-	config, listen, logLevel, logFormat, socketMode string
+	config, listen, logLevel, logFormat, socketMode, cpuProfile string
 }
 
 func run(args []string, stderr io.Writer) int {
@@ -47,8 +48,17 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.socketMode, "socket-mode", "0660", "permissions of a unix socket (the MTA's user must be able to write it)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (for performance reports)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "opes-milter:", err)
+			return 2
+		}
+		defer stop()
 	}
 	log, err := newLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
@@ -173,6 +183,18 @@ func listenSpec(spec, mode string) (net.Listener, error) {
 func unixPath(spec string) (string, bool) {
 	network, addr, err := sockspec.Parse(spec)
 	return addr, err == nil && network == "unix"
+}
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
