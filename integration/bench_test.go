@@ -4,15 +4,47 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
+
+// startNullMilter builds and starts integration/internal/nullmilter on a
+// unix socket and returns the socket path.
+func startNullMilter(b *testing.B) string {
+	dir := TempDir(b)
+	bin := filepath.Join(dir, "nullmilter")
+	build := exec.Command("go", "build", "-o", bin, "./integration/internal/nullmilter")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build nullmilter: %v\n%s", err, out)
+	}
+	sock := filepath.Join(dir, "null.sock")
+	cmd := exec.Command(bin, "-net", "unix", "-addr", sock)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.Fatal("nullmilter did not start")
+	return ""
+}
 
 // BenchmarkPostfixThroughput measures end-to-end throughput through real
 // Postfix into smtp-sink, without a milter and with opes-milter running
 // the default trace-only policy over TCP and over a unix socket, the way
 // shared/PERFORMANCE.md measured its anchors (smtp-source -s 10, 4 KiB,
-// one SMTP connection per message). The three set-ups run side by side
+// one SMTP connection per message), plus a null milter (go-milter,
+// end of message only, no OPES work) as the floor of what any go-milter
+// costs. The set-ups run side by side
 // and take turns batch by batch, so load from elsewhere on the machine
 // hits them alike; compare the ratios, not absolute figures.
 //
@@ -30,10 +62,14 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 		cpu     time.Duration // milter CPU time spent in the batches
 	}
 	var setups []*setup
-	for _, mode := range []string{"none", "tcp", "unix"} {
+	for _, mode := range []string{"none", "null-unix", "tcp", "unix"} {
 		s := &setup{name: mode, sink: StartSink(b)}
 		opts := PostfixOptions{RelayTo: s.sink.Addr(), DefaultAction: "tempfail"}
-		if mode != "none" {
+		switch mode {
+		case "none":
+		case "null-unix":
+			opts.Milter = "unix:" + startNullMilter(b)
+		default:
 			var args []string
 			if dir := os.Getenv("OPES_BENCH_PROFILE_DIR"); dir != "" {
 				args = []string{"-cpuprofile", dir + "/milter-" + mode + ".pprof", "-log-level", "info"}
@@ -65,6 +101,8 @@ func BenchmarkPostfixThroughput(b *testing.B) {
 		b.ReportMetric(rate, "msg/s-"+s.name)
 		if s.name != "none" {
 			b.ReportMetric(rate/base, "ratio-"+s.name)
+		}
+		if s.milter != nil {
 			b.ReportMetric(float64(s.cpu.Microseconds())/float64(s.sent), "milter-cpu-µs/msg-"+s.name)
 			if d := s.sink.Dumps(); len(d) == 0 || len(d[0].Header()["Opes-System"]) != 1 {
 				b.Fatalf("%s: delivered message without trace", s.name)
