@@ -30,6 +30,7 @@ import (
 type Config struct {
 	Policy *opes.Policy
 	Milter Milter
+	Admin  Admin
 	// Source names where the configuration came from: the file name, or
 	// "embedded default".
 	Source string
@@ -46,6 +47,17 @@ type Milter struct {
 	// ShutdownTimeout is how long a stopping daemon lets open
 	// connections finish; always positive.
 	ShutdownTimeout time.Duration
+	// SocketMode and SocketGroup apply to a unix socket: the MTA's user
+	// must be able to write it, nobody else should.
+	SocketMode  os.FileMode
+	SocketGroup string
+}
+
+// Admin holds the settings of the HTTP admin listener (/healthz,
+// /readyz, /metrics).
+type Admin struct {
+	// Listen is "host:port"; empty disables the listener.
+	Listen string
 }
 
 // Defaults of the [milter] and [limits] tables.
@@ -56,6 +68,7 @@ const (
 	DefaultMaxHeaderFields = 1000
 	DefaultMaxHeaderBytes  = 1 << 20
 	DefaultBodyMemory      = 256 << 10
+	DefaultSocketMode      = 0o660
 )
 
 // DefaultSource is the Source of the embedded default configuration.

@@ -32,7 +32,7 @@ func TestDefault(t *testing.T) {
 	if len(p.Services) != 0 || len(p.Rules) != 0 {
 		t.Errorf("default has %d services and %d rules; want none", len(p.Services), len(p.Rules))
 	}
-	want := Milter{Listen: DefaultListen, WriteTimeout: 10 * time.Second, ShutdownTimeout: 30 * time.Second}
+	want := Milter{Listen: DefaultListen, WriteTimeout: 10 * time.Second, ShutdownTimeout: 30 * time.Second, SocketMode: 0o660}
 	if cfg.Milter != want {
 		t.Errorf("Milter = %+v; want %+v", cfg.Milter, want)
 	}
@@ -72,9 +72,12 @@ func TestLoadFull(t *testing.T) {
 	if cfg.Source != "testdata/valid/full.toml" {
 		t.Errorf("Source = %q", cfg.Source)
 	}
-	wantMilter := Milter{Listen: "unix:/run/opes-milter/milter.sock", ReadTimeout: 2 * time.Minute, WriteTimeout: 5 * time.Second, ShutdownTimeout: 90 * time.Second}
+	wantMilter := Milter{Listen: "unix:/run/opes-milter/milter.sock", ReadTimeout: 2 * time.Minute, WriteTimeout: 5 * time.Second, ShutdownTimeout: 90 * time.Second, SocketMode: 0o640, SocketGroup: "postfix"}
 	if cfg.Milter != wantMilter {
 		t.Errorf("Milter = %+v; want %+v", cfg.Milter, wantMilter)
+	}
+	if cfg.Admin.Listen != "127.0.0.1:10029" {
+		t.Errorf("Admin = %+v", cfg.Admin)
 	}
 	p := cfg.Policy
 	wantSystem := opes.System{URI: "https://mx1.example.net/opes/", PrivacyURL: "https://mx1.example.net/opes/privacy", Contact: "postmaster@example.net", TraceDetail: opes.TraceActions}

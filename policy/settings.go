@@ -3,8 +3,12 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/opesmilter/opes-milter/internal/sockspec"
@@ -98,7 +102,7 @@ func checkPrivacyURL(s string) error {
 
 func (l *loader) milter(v any, m *Milter) {
 	p := path{{key: "milter"}}
-	*m = Milter{Listen: DefaultListen, WriteTimeout: DefaultWriteTimeout, ShutdownTimeout: DefaultShutdownTimeout}
+	*m = Milter{Listen: DefaultListen, WriteTimeout: DefaultWriteTimeout, ShutdownTimeout: DefaultShutdownTimeout, SocketMode: DefaultSocketMode}
 	t, ok := l.table(v, p, milterKeys)
 	if !ok {
 		return
@@ -121,6 +125,57 @@ func (l *loader) milter(v any, m *Milter) {
 		}
 		m.ShutdownTimeout = d
 	}
+	if s, ok := t.str("socket_mode"); ok {
+		mode, err := strconv.ParseUint(s, 8, 32)
+		switch {
+		case err != nil || len(s) < 3:
+			l.errorf(p.key("socket_mode"), `%q is not an octal mode such as "0660"`, s)
+		case mode&^0o777 != 0:
+			l.errorf(p.key("socket_mode"), "%q has bits beyond 0777", s)
+		case mode&0o200 == 0:
+			l.errorf(p.key("socket_mode"), "%q: the owner must be able to write the socket", s)
+		default:
+			m.SocketMode = os.FileMode(mode)
+		}
+	}
+	if s, ok := t.str("socket_group"); ok {
+		if strings.ContainsAny(s, ": /\t") {
+			l.errorf(p.key("socket_group"), "%q is not a group name", s)
+		}
+		m.SocketGroup = s
+	}
+}
+
+// admin reads [admin]. The listener is off unless listen is set, and it
+// binds loopback only unless allow_remote says otherwise: it exposes
+// operational data and, later, bypass management.
+func (l *loader) admin(v any, a *Admin) {
+	p := path{{key: "admin"}}
+	t, ok := l.table(v, p, adminKeys)
+	if !ok {
+		return
+	}
+	remote, _ := t.boolean("allow_remote")
+	s, ok := t.str("listen")
+	if !ok || s == "" {
+		return
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		l.errorf(p.key("listen"), `%q is not host:port, e.g. "127.0.0.1:10029"`, s)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		l.errorf(p.key("listen"), "%q: port must be 1-65535", s)
+		return
+	}
+	ip, err := netip.ParseAddr(host)
+	loopback := host == "localhost" || (err == nil && ip.IsLoopback())
+	if !loopback && !remote {
+		l.errorf(p.key("listen"), "%q is not a loopback address; set allow_remote = true to expose the admin listener", s)
+		return
+	}
+	a.Listen = s
 }
 
 func (l *loader) limits(v any, lim *opes.Limits) {
