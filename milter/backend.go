@@ -27,6 +27,7 @@ type backend struct {
 	proc      *opes.Processor
 	sess      *opes.Session
 	log       *slog.Logger
+	metrics   SessionMetrics
 	leadSpace bool // SMFIP_HDR_LEADSPC negotiated: we write the space after the colon
 }
 
@@ -223,4 +224,7 @@ func (b *backend) Unknown(string, gomilter.Modifier) (*gomilter.Response, error)
 	return gomilter.RespContinue, nil
 }
 
-func (b *backend) Cleanup(gomilter.Modifier) { b.sess.Close() }
+func (b *backend) Cleanup(gomilter.Modifier) {
+	b.sess.Close()
+	b.metrics.SessionClosed()
+}

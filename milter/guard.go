@@ -28,7 +28,8 @@ var errBadPacket = errors.New("milter: malformed packet from MTA")
 // (shared/PERFORMANCE.md).
 type guardListener struct {
 	net.Listener
-	log *slog.Logger
+	log     *slog.Logger
+	metrics SessionMetrics
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -42,7 +43,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	}
 	// Buffered: the MTA's macro and command packets usually arrive
 	// together, and one read syscall then serves both.
-	return &guardConn{Conn: c, log: l.log, r: bufio.NewReaderSize(src, 4<<10)}, nil
+	return &guardConn{Conn: c, log: l.log, metrics: l.metrics, r: bufio.NewReaderSize(src, 4<<10)}, nil
 }
 
 // ackReader re-arms TCP_QUICKACK before every read from the socket.
@@ -60,8 +61,9 @@ func (a ackReader) Read(p []byte) (int, error) {
 
 type guardConn struct {
 	net.Conn
-	log *slog.Logger
-	r   *bufio.Reader
+	log     *slog.Logger
+	metrics SessionMetrics
+	r       *bufio.Reader
 
 	mu      sync.Mutex
 	pending []byte // validated bytes not yet handed to go-milter
@@ -131,6 +133,7 @@ func (c *guardConn) next() error {
 
 func (c *guardConn) reject(why string) error {
 	c.log.Warn("milter: dropping connection with malformed packet", "remote", c.RemoteAddr().String(), "why", why)
+	c.metrics.MalformedPacket()
 	_ = c.Conn.Close()
 	return errBadPacket
 }

@@ -24,15 +24,30 @@ type Options struct {
 	ReadTimeout  time.Duration // per MTA read; 0 = none (the MTA has its own timeouts)
 	WriteTimeout time.Duration // per write to the MTA; 0 = 10 s
 	Logger       *slog.Logger
+	Metrics      SessionMetrics // nil: none
 }
+
+// SessionMetrics counts what happens on the milter socket.
+type SessionMetrics interface {
+	SessionOpened()
+	SessionClosed()
+	MalformedPacket()
+}
+
+type noSessionMetrics struct{}
+
+func (noSessionMetrics) SessionOpened()   {}
+func (noSessionMetrics) SessionClosed()   {}
+func (noSessionMetrics) MalformedPacket() {}
 
 // Server serves the milter protocol for the current processor. The
 // processor can be swapped at any time (SIGHUP reload); connections keep
 // the processor they started with.
 type Server struct {
-	proc atomic.Pointer[opes.Processor]
-	srv  *gomilter.Server
-	log  *slog.Logger
+	proc    atomic.Pointer[opes.Processor]
+	srv     *gomilter.Server
+	log     *slog.Logger
+	metrics SessionMetrics
 }
 
 // actionsWanted are the modifications the bridge may apply. Negotiation
@@ -49,7 +64,10 @@ func NewServer(proc *opes.Processor, o Options) *Server {
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
-	s := &Server{log: o.Logger}
+	if o.Metrics == nil {
+		o.Metrics = noSessionMetrics{}
+	}
+	s := &Server{log: o.Logger, metrics: o.Metrics}
 	s.proc.Store(proc)
 	s.srv = gomilter.NewServer(
 		gomilter.WithDynamicMilter(s.newBackend),
@@ -77,7 +95,7 @@ func (s *Server) Processor() *opes.Processor { return s.proc.Load() }
 // Serve accepts MTA connections on ln until Shutdown or Close. Every
 // connection goes through the packet guard.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.srv.Serve(&guardListener{Listener: ln, log: s.log})
+	err := s.srv.Serve(&guardListener{Listener: ln, log: s.log, metrics: s.metrics})
 	if errors.Is(err, gomilter.ErrServerClosed) {
 		return nil
 	}
@@ -141,5 +159,6 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, milterA
 
 func (s *Server) newBackend(version uint32, actions gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
 	proc := s.proc.Load()
-	return &backend{proc: proc, sess: proc.NewSession(), log: s.log, leadSpace: protocol&gomilter.OptHeaderLeadingSpace != 0}
+	s.metrics.SessionOpened()
+	return &backend{proc: proc, sess: proc.NewSession(), log: s.log, metrics: s.metrics, leadSpace: protocol&gomilter.OptHeaderLeadingSpace != 0}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -14,13 +15,36 @@ import (
 // Processor runs one policy. It is safe for concurrent use; each SMTP
 // connection gets its own Session.
 type Processor struct {
-	policy *Policy
-	log    *slog.Logger
-	newID  func() string
+	policy  *Policy
+	log     *slog.Logger
+	newID   func() string
+	metrics Metrics
 }
 
+// Metrics receives counts and timings from the processor; the daemon
+// exports them (Prometheus). Implementations must be safe for concurrent
+// use and cheap: they run on the mail path.
+type Metrics interface {
+	// Outcome counts a decision: a refusal at its stage, or the end of a
+	// delivered message (StageEOM with Accept or Quarantine).
+	Outcome(st Stage, v VerdictKind)
+	// ServiceCall records one service hook and whether it failed.
+	ServiceCall(service string, st Stage, took time.Duration, failed bool)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Outcome(Stage, VerdictKind)                     {}
+func (noMetrics) ServiceCall(string, Stage, time.Duration, bool) {}
+
+// Option configures a Processor.
+type Option func(*Processor)
+
+// WithMetrics sends the processor's counts and timings to m.
+func WithMetrics(m Metrics) Option { return func(p *Processor) { p.metrics = m } }
+
 // NewProcessor validates the policy and returns a processor for it.
-func NewProcessor(policy *Policy, log *slog.Logger) (*Processor, error) {
+func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, err
 	}
@@ -39,7 +63,11 @@ func NewProcessor(policy *Policy, log *slog.Logger) (*Processor, error) {
 	if p.Limits.MaxHeaderBytes <= 0 {
 		p.Limits.MaxHeaderBytes = 1 << 20
 	}
-	return &Processor{policy: p, log: log, newID: func() string { return ulid.Make().String() }}, nil
+	proc := &Processor{policy: p, log: log, newID: func() string { return ulid.Make().String() }, metrics: noMetrics{}}
+	for _, o := range opts {
+		o(proc)
+	}
+	return proc, nil
 }
 
 // Policy returns the policy the processor runs.
@@ -245,6 +273,11 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	o.Sender = tx.envelope.sender
 	o.AddRcpts = tx.envelope.added
 	o.DelRcpts = tx.envelope.deleted
+	if o.Quarantine != "" {
+		s.p.metrics.Outcome(StageEOM, Quarantine)
+	} else {
+		s.p.metrics.Outcome(StageEOM, Accept)
+	}
 	s.p.log.Info("opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
 		"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
 	return o
@@ -378,7 +411,9 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		if st == StageEOM {
 			before = tx.Header.Fields()
 		}
+		began := time.Now()
 		v, err := s.call(ctx, a, st, rcpt)
+		s.p.metrics.ServiceCall(a.spec.Name, st, time.Since(began), err != nil)
 		if st == StageEOM {
 			s.protectTrace(a, before)
 		}
@@ -461,6 +496,7 @@ func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, 
 		text += " (" + v.Reason + ")"
 	}
 	reply := buildReply(code, enh, text, s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
+	s.p.metrics.Outcome(st, kind)
 	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", who,
 		"verdict", kind.String(), "code", code, "rcpt_refused", rcpt != nil)
 	return &Outcome{Kind: kind, Reply: reply, TraceID: s.traceID()}
@@ -476,6 +512,7 @@ func (s *Session) failure(st Stage, rec *traceRecord, why string) *Outcome {
 	if rec.status == "" {
 		rec.status = "failed"
 	}
+	s.p.metrics.Outcome(st, TempFail)
 	reply := buildReply(451, "4.3.0", "OPES processing failed, try again later ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
 	return &Outcome{Kind: TempFail, Reply: reply, TraceID: s.traceID()}
 }
@@ -484,6 +521,7 @@ func (s *Session) failure(st Stage, rec *traceRecord, why string) *Outcome {
 func (s *Session) limitOutcome(st Stage, why string) *Outcome {
 	rec := s.record(s.p.policy.System.URI, false)
 	rec.note("rejected")
+	s.p.metrics.Outcome(st, Reject)
 	reply := buildReply(552, "5.3.4", "Message refused by OPES processor ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
 	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", "limits", "why", why)
 	return &Outcome{Kind: Reject, Reply: reply, TraceID: s.traceID()}

@@ -17,14 +17,20 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/pprof"
 	"strconv"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/opesmilter/opes-milter/internal/admin"
+	"github.com/opesmilter/opes-milter/internal/metrics"
 	"github.com/opesmilter/opes-milter/internal/sockspec"
 	"github.com/opesmilter/opes-milter/milter"
 	"github.com/opesmilter/opes-milter/opes"
@@ -47,7 +53,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&f.listen, "listen", "", "socket, overriding the config: inet:PORT@HOST, inet6:PORT@[ADDR], unix:/path or local:/path")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
-	fs.StringVar(&f.socketMode, "socket-mode", "0660", "permissions of a unix socket (the MTA's user must be able to write it)")
+	fs.StringVar(&f.socketMode, "socket-mode", "", "permissions of a unix socket, overriding [milter] socket_mode (default 0660)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (for performance reports)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -73,7 +79,8 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	proc, err := opes.NewProcessor(cfg.Policy, log)
+	mx := metrics.New()
+	proc, err := opes.NewProcessor(cfg.Policy, log, opes.WithMetrics(mx))
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", cfg.Source, err)
 		return 1
@@ -82,12 +89,37 @@ func run(args []string, stderr io.Writer) int {
 	if f.listen != "" {
 		listen = f.listen
 	}
-	ln, err := listenSpec(listen, f.socketMode)
+	mode := cfg.Milter.SocketMode
+	if f.socketMode != "" {
+		m, err := strconv.ParseUint(f.socketMode, 8, 32)
+		if err != nil || m&^0o777 != 0 {
+			fmt.Fprintf(stderr, "opes-milter: -socket-mode %q is not an octal mode\n", f.socketMode)
+			return 2
+		}
+		mode = os.FileMode(m)
+	}
+	ln, err := listenSpec(listen, mode, cfg.Milter.SocketGroup)
 	if err != nil {
 		fmt.Fprintln(stderr, "opes-milter:", err)
 		return 1
 	}
-	srv := milter.NewServer(proc, milter.Options{ReadTimeout: cfg.Milter.ReadTimeout, WriteTimeout: cfg.Milter.WriteTimeout, Logger: log})
+	srv := milter.NewServer(proc, milter.Options{ReadTimeout: cfg.Milter.ReadTimeout, WriteTimeout: cfg.Milter.WriteTimeout, Logger: log, Metrics: mx})
+	var stopping atomic.Bool
+	if cfg.Admin.Listen != "" {
+		ready := func() error {
+			if stopping.Load() {
+				return errors.New("shutting down")
+			}
+			return nil
+		}
+		stopAdmin, err := serveAdmin(cfg.Admin.Listen, admin.Handler(ready, mx.Handler()), log)
+		if err != nil {
+			_ = ln.Close()
+			fmt.Fprintln(stderr, "opes-milter:", err)
+			return 1
+		}
+		defer stopAdmin()
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -106,9 +138,10 @@ func run(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(srv, f.config, listen, cfg, log)
+				mx.Reloaded(reload(srv, f.config, listen, cfg, log, mx))
 				continue
 			}
+			stopping.Store(true)
 			log.Info("opes-milter: shutting down, draining sessions", "signal", sig.String(), "timeout", cfg.Milter.ShutdownTimeout.String())
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.Milter.ShutdownTimeout)
 			err := srv.Shutdown(ctx)
@@ -128,20 +161,41 @@ func run(args []string, stderr io.Writer) int {
 
 // reload validates the file and swaps the processor; on any error the
 // running policy stays.
-func reload(srv *milter.Server, path, listen string, old *policy.Config, log *slog.Logger) {
+func reload(srv *milter.Server, path, listen string, old *policy.Config, log *slog.Logger, mx opes.Metrics) error {
 	cfg, err := loadConfig(path)
 	if err == nil {
 		var proc *opes.Processor
-		if proc, err = opes.NewProcessor(cfg.Policy, log); err == nil {
+		if proc, err = opes.NewProcessor(cfg.Policy, log, opes.WithMetrics(mx)); err == nil {
 			srv.SetProcessor(proc)
-			if cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen {
-				log.Warn("opes-milter: reload: the listen socket changes only on restart", "configured", cfg.Milter.Listen)
+			if (cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen) || cfg.Admin != old.Admin {
+				log.Warn("opes-milter: reload: the listen sockets change only on restart", "milter", cfg.Milter.Listen, "admin", cfg.Admin.Listen)
 			}
 			log.Info("opes-milter: reloaded", "config", cfg.Source, "needs", cfg.Policy.Needs().Stages.String())
-			return
+			return nil
 		}
 	}
 	log.Error("opes-milter: reload refused, keeping the running policy", "err", err.Error())
+	return err
+}
+
+// serveAdmin starts the admin HTTP listener.
+func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("opes-milter: admin listener", "err", err)
+		}
+	}()
+	log.Info("opes-milter: admin listening", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }
 
 func loadConfig(path string) (*policy.Config, error) {
@@ -151,15 +205,14 @@ func loadConfig(path string) (*policy.Config, error) {
 	return policy.Load(path)
 }
 
-func listenSpec(spec, mode string) (net.Listener, error) {
+func listenSpec(spec string, mode os.FileMode, group string) (net.Listener, error) {
 	network, addr, err := sockspec.Parse(spec)
 	if err != nil {
 		return nil, err
 	}
 	if network == "unix" {
-		// A socket left by a previous run that died would block us.
-		if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(addr)
+		if err := removeStaleSocket(addr); err != nil {
+			return nil, err
 		}
 	}
 	ln, err := net.Listen(network, addr)
@@ -167,17 +220,57 @@ func listenSpec(spec, mode string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", spec, err)
 	}
 	if network == "unix" {
-		m, err := strconv.ParseUint(mode, 8, 32)
-		if err != nil {
+		if err := socketPermissions(addr, mode, group); err != nil {
 			_ = ln.Close()
-			return nil, fmt.Errorf("socket mode %q: %w", mode, err)
-		}
-		if err := os.Chmod(addr, os.FileMode(m)); err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("chmod %s: %w", addr, err)
+			return nil, err
 		}
 	}
 	return ln, nil
+}
+
+// removeStaleSocket removes a socket a dead daemon left behind. A socket
+// someone still answers on belongs to a running daemon: taking it over
+// would cut that daemon off from its MTA, so we refuse to start. Anything
+// that is not a socket is never removed.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("socket %s: exists and is not a socket; not removing it", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		_ = c.Close()
+		return fmt.Errorf("socket %s: another process is listening on it", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+func socketPermissions(path string, mode os.FileMode, group string) error {
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return fmt.Errorf("socket group %q: %w", group, err)
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return fmt.Errorf("socket group %q: gid %q", group, g.Gid)
+		}
+		if err := os.Chown(path, -1, gid); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return nil
 }
 
 func unixPath(spec string) (string, bool) {

@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -38,5 +42,79 @@ func TestBadListenSpec(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "notaport") {
 		t.Errorf("error does not name the bad spec: %s", stderr.String())
+	}
+}
+
+func TestStaleSocketHandling(t *testing.T) {
+	dir := t.TempDir()
+
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	_ = ln.Close() // a daemon that died: the file stays, nobody answers
+	if err := removeStaleSocket(stale); err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+	if _, err := os.Lstat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale socket still there: %v", err)
+	}
+
+	live := filepath.Join(dir, "live.sock")
+	ln, err = net.Listen("unix", live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	if err := removeStaleSocket(live); err == nil || !strings.Contains(err.Error(), "another process is listening") {
+		t.Fatalf("live socket: %v", err)
+	}
+	if _, err := os.Lstat(live); err != nil {
+		t.Fatalf("live socket removed: %v", err)
+	}
+
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeStaleSocket(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("regular file: %v", err)
+	}
+}
+
+func TestSocketModeAndGroup(t *testing.T) {
+	grp, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Fatalf("Debian's nogroup: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "m.sock")
+	ln, err := listenSpec("unix:"+path, 0o620, "nogroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o620 {
+		t.Errorf("mode %v", fi.Mode().Perm())
+	}
+	if gid := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Gid); gid != grp.Gid {
+		t.Errorf("gid %s, want %s", gid, grp.Gid)
+	}
+	if _, err := listenSpec("unix:"+filepath.Join(t.TempDir(), "x.sock"), 0o660, "no-such-group-here"); err == nil {
+		t.Error("unknown group accepted")
 	}
 }
