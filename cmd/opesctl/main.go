@@ -76,8 +76,16 @@ func check(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", *path, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d services, %d rules; MTA stages needed: %s)\n", *path, len(cfg.Policy.Services), len(cfg.Policy.Rules), cfg.Policy.Needs().Stages)
+	fmt.Fprintf(stdout, "%s: ok (%s, %s; MTA stages needed: %s)\n", *path,
+		plural(len(cfg.Policy.Services), "service"), plural(len(cfg.Policy.Rules), "rule"), cfg.Policy.Needs().Stages)
 	return 0
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
 
 type listFlag []string

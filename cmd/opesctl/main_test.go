@@ -52,6 +52,19 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// Every policy shipped in contrib/ must pass check.
+func TestContribPolicies(t *testing.T) {
+	files, err := filepath.Glob("../../contrib/*.toml")
+	if err != nil || len(files) < 3 {
+		t.Fatalf("contrib policies: %v %v", files, err)
+	}
+	for _, f := range files {
+		if code, out, errOut := runCtl("check", "-config", f); code != 0 {
+			t.Errorf("%s: exit %d\n%s%s", f, code, out, errOut)
+		}
+	}
+}
+
 func TestExplain(t *testing.T) {
 	code, out, errOut := runCtl("explain", "-config", example, "-from", "alice@outside.example",
 		"-rcpt", "bob@example.net", "-rcpt", "trap@example.net", "-client", "198.51.100.7",
