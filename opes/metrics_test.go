@@ -2,6 +2,7 @@ package opes
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -48,19 +49,7 @@ func TestMetrics(t *testing.T) {
 	runMessage(t, proc.NewSession(), "a@example.org", []string{"no@example.net", "ok@example.net"}, nil, "x\r\n")
 	wantOutcomes := []string{"rcpt/reject", "eom/accept"}
 	wantCalls := []string{"m/rcpt", "m/rcpt", "m/eom/failed"}
-	if !equal(rec.outcomes, wantOutcomes) || !equal(rec.calls, wantCalls) {
+	if !slices.Equal(rec.outcomes, wantOutcomes) || !slices.Equal(rec.calls, wantCalls) {
 		t.Errorf("outcomes %v (want %v), calls %v (want %v)", rec.outcomes, wantOutcomes, rec.calls, wantCalls)
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

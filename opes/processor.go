@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -603,24 +604,12 @@ func (s *Session) call(ctx context.Context, a *activeService, st Stage, rcpt *Re
 	case StageEOM:
 		before := s.tx.Header.Fields()
 		v, err = a.tx.EndOfMessage(ctx)
-		changed = s.tx.newBody != bodyBefore || !sameFields(before, s.tx.Header.fields)
+		changed = s.tx.newBody != bodyBefore || !slices.Equal(before, s.tx.Header.fields)
 	}
 	if err == nil && changed && v.Action == "" && v.Kind == Continue {
 		v.Action = "modified"
 	}
 	return v, err
-}
-
-func sameFields(a, b []HeaderField) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // protectTrace enforces PROFILE §2 after a service ran at the end of

@@ -7,29 +7,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/BurntSushi/toml"
+	"github.com/opesmilter/opes-milter/internal/optiontest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx.example.net/opes/"
 
-// decoder returns what the policy loader hands to New: a function that
-// decodes the [options] table of src.
-func decoder(t *testing.T, src string) func(v any) error {
-	t.Helper()
-	var wrap struct {
-		Options toml.Primitive `toml:"options"`
-	}
-	md, err := toml.Decode(src, &wrap)
-	if err != nil {
-		t.Fatalf("test TOML: %v", err)
-	}
-	return func(v any) error { return md.PrimitiveDecode(wrap.Options, v) }
-}
-
 func mustNew(t *testing.T, src string) opes.Service {
 	t.Helper()
-	s, err := New(decoder(t, src))
+	s, err := New(optiontest.Decoder(t, src))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -108,7 +94,7 @@ reply = "` + strings.Repeat("x", 201) + `"`, "entry[1].reply", "longer than 200"
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(decoder(t, tt.src))
+			_, err := New(optiontest.Decoder(t, tt.src))
 			var fe *opes.FieldError
 			if !errors.As(err, &fe) {
 				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
@@ -124,7 +110,7 @@ reply = "` + strings.Repeat("x", 201) + `"`, "entry[1].reply", "longer than 200"
 }
 
 func TestNewDecodeError(t *testing.T) {
-	_, err := New(decoder(t, "[[options.entry]]\naction = 5\n"))
+	_, err := New(optiontest.Decoder(t, "[[options.entry]]\naction = 5\n"))
 	if err == nil || !strings.Contains(err.Error(), "acl: decode options") {
 		t.Fatalf("err = %v, want a wrapped decode error", err)
 	}

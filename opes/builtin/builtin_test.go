@@ -6,21 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/BurntSushi/toml"
+	"github.com/opesmilter/opes-milter/internal/optiontest"
 	"github.com/opesmilter/opes-milter/opes"
 )
-
-func decoder(t *testing.T, src string) func(v any) error {
-	t.Helper()
-	var wrap struct {
-		Options toml.Primitive `toml:"options"`
-	}
-	md, err := toml.Decode(src, &wrap)
-	if err != nil {
-		t.Fatalf("test TOML: %v", err)
-	}
-	return func(v any) error { return md.PrimitiveDecode(wrap.Options, v) }
-}
 
 func TestNew(t *testing.T) {
 	tests := []struct {
@@ -41,7 +29,7 @@ func TestNew(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind+"/"+tt.errMsg, func(t *testing.T) {
-			svc, err := New(tt.kind, decoder(t, tt.src))
+			svc, err := New(tt.kind, optiontest.Decoder(t, tt.src))
 			if tt.errMsg == "" {
 				if err != nil {
 					t.Fatalf("New: %v", err)

@@ -8,27 +8,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/BurntSushi/toml"
+	"github.com/opesmilter/opes-milter/internal/optiontest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx.example.net/opes/"
 
-func decoder(t *testing.T, src string) func(v any) error {
-	t.Helper()
-	var wrap struct {
-		Options toml.Primitive `toml:"options"`
-	}
-	md, err := toml.Decode(src, &wrap)
-	if err != nil {
-		t.Fatalf("test TOML: %v", err)
-	}
-	return func(v any) error { return md.PrimitiveDecode(wrap.Options, v) }
-}
-
 func mustNew(t *testing.T, src string) opes.Service {
 	t.Helper()
-	s, err := New(decoder(t, src))
+	s, err := New(optiontest.Decoder(t, src))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -61,7 +49,7 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(decoder(t, tt.src))
+			_, err := New(optiontest.Decoder(t, tt.src))
 			var fe *opes.FieldError
 			if !errors.As(err, &fe) {
 				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
@@ -74,7 +62,7 @@ func TestNewErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := New(decoder(t, "[options]\nheader = 5\n")); err == nil || !strings.Contains(err.Error(), "tag: decode options") {
+	if _, err := New(optiontest.Decoder(t, "[options]\nheader = 5\n")); err == nil || !strings.Contains(err.Error(), "tag: decode options") {
 		t.Errorf("type error: %v, want a wrapped decode error", err)
 	}
 }
