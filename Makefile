@@ -3,13 +3,20 @@
 #   make test   install what the tests need (Debian, as root) and run them all
 #   make bench  benchmarks
 #   make lint   gofmt, go vet, staticcheck
+#   make deb    Debian package dist/opes-milter_<version>_<arch>.deb (docs/packaging.md)
 
 GO        ?= go
 LISTEN    ?= inet:10028@127.0.0.1
 STATICCHECK_VERSION ?= v0.8.2
-APT_PACKAGES = postfix
+DIST      ?= dist
+# Debian packages the tests need, and a binary of each that tells whether
+# it is installed: Postfix (the MTA tests), miltertest (the independent
+# milter client), lintian and adduser (the package test), m4 (the
+# Sendmail configuration of the Sendmail tests).
+APT_PACKAGES = postfix miltertest lintian adduser m4
+DEP_BINARIES = /usr/sbin/postfix /usr/sbin/smtp-sink /usr/bin/miltertest /usr/bin/lintian /usr/sbin/adduser /usr/bin/m4
 
-.PHONY: all build run test unit deps lint bench clean
+.PHONY: all build run test unit deps lint bench deb clean
 
 all: build
 
@@ -19,13 +26,14 @@ build:
 run:
 	$(GO) run ./cmd/opes-milter -listen '$(LISTEN)'
 
-# deps installs the real MTA the integration tests drive. Postfix is
+# deps installs the real MTA the integration tests drive and the other
+# tools they run (APT_PACKAGES), only when one is missing. Postfix is
 # preseeded with "No configuration": no system instance is set up, the
 # tests run their own instances from temp directories on loopback.
 deps:
-	@missing=""; for b in /usr/sbin/postfix /usr/sbin/smtp-sink; do [ -x $$b ] || missing=1; done; \
+	@missing=""; for b in $(DEP_BINARIES); do [ -x $$b ] || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "make deps: Postfix is missing and installing it needs root (apt-get install postfix)"; exit 1; fi; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing$$missing; installing them needs root (apt-get install $(APT_PACKAGES))"; exit 1; fi; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $(APT_PACKAGES); \
@@ -47,5 +55,11 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# deb builds the Debian package with dpkg-deb (packaging/build-deb.sh).
+# VERSION=1.2.3 overrides the version from git describe; COMPRESS=-Zgzip
+# builds faster than the default xz.
+deb:
+	DIST='$(DIST)' GO='$(GO)' VERSION='$(VERSION)' COMPRESS='$(COMPRESS)' sh packaging/build-deb.sh
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

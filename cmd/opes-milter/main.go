@@ -43,7 +43,18 @@ func main() {
 
 type flags struct {
 	config, listen, logLevel, logFormat, socketMode, cpuProfile string
+	adminListen                                                 optionalString
 }
+
+// optionalString is a flag that knows whether it was given, so that
+// -admin-listen "" can switch the listener off.
+type optionalString struct {
+	value string
+	set   bool
+}
+
+func (o *optionalString) String() string     { return o.value }
+func (o *optionalString) Set(v string) error { o.value, o.set = v, true; return nil }
 
 func run(args []string, stderr io.Writer) int {
 	var f flags
@@ -54,6 +65,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.socketMode, "socket-mode", "", "permissions of a unix socket, overriding [milter] socket_mode (default 0660)")
+	fs.Var(&f.adminListen, "admin-listen", "admin HTTP listener host:port, overriding [admin] listen; \"\" = off")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (for performance reports)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -78,6 +90,9 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	if f.adminListen.set {
+		cfg.Admin.Listen = f.adminListen.value
 	}
 	mx := metrics.New()
 	proc, err := opes.NewProcessor(cfg.Policy, log, opes.WithMetrics(mx))
