@@ -38,6 +38,12 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
+	@# The Sendmail tests fetch sendmail-bin with apt-get download, which
+	@# needs package lists; a fresh image may have none.
+	@if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: no apt package lists; run apt-get update as root"; exit 1; fi; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq; \
+	fi
 
 unit:
 	$(GO) vet ./...

@@ -1,6 +1,7 @@
-// Package integration runs the real Postfix MTA, and Postfix's smtp-sink as
-// the next hop, inside Go tests, so that the milter can be tested end to end
-// the way an MTA drives it.
+// Package integration runs real MTAs, Postfix and Sendmail, with Postfix's
+// smtp-sink as the next hop, inside Go tests, so that the milter can be
+// tested end to end the way an MTA drives it. Scenarios are written as data
+// in cases/*.case (cases/README.md) and run against both MTAs by TestCases.
 //
 // Everything is private to the test that asks for it: every instance gets
 // its own directory (short paths under os.TempDir, removed at cleanup), free
@@ -10,16 +11,23 @@
 // watchdog shell process per instance also stops it if the test binary dies
 // without running its cleanups (go test timeout, SIGINT, os.Exit).
 //
-// The harness needs root (Postfix's ownership model, smtp-sink -u) and the
-// Debian "postfix" package (postfix, postsuper, postqueue, smtp-sink).
-// [Require] fails the test, rather than skipping it, when either is missing:
-// a CI job that silently skipped the MTA tests would prove nothing.
+// The harness needs root (Postfix's ownership model, smtp-sink -u,
+// Sendmail's private namespace) and the Debian "postfix" package (postfix,
+// postsuper, postqueue, smtp-sink). Sendmail (sendmail.go) is not installed:
+// it is fetched with "apt-get download" into a cache under os.TempDir and
+// needs the "m4" package and util-linux's unshare. [Require] fails the
+// test, rather than skipping it, when anything is missing: a CI job that
+// silently skipped the MTA tests would prove nothing.
 //
 // Typical use:
 //
 //	sink := integration.StartSink(t)
 //	pf := integration.StartPostfix(t, integration.PostfixOptions{
 //		Milter:  "inet:" + milterAddr,
+//		RelayTo: sink.Addr(),
+//	})
+//	sm := integration.StartSendmail(t, integration.SendmailOptions{
+//		Milter:  "inet:" + milterPort + "@127.0.0.1",
 //		RelayTo: sink.Addr(),
 //	})
 //	tr := integration.SendMail(t, pf.Addr(), "a@example.test", []string{"b@example.net"}, msg)
@@ -37,6 +45,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,9 +89,18 @@ func isExec(p string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
+// binaryPackage names the Debian package of each binary the harness runs,
+// for Require's message.
+var binaryPackage = map[string]string{
+	"postfix": "postfix", "postsuper": "postfix", "postqueue": "postfix", "smtp-sink": "postfix",
+	"m4": "m4", "unshare": "util-linux", "mount": "mount", "hostname": "hostname", "mknod": "coreutils",
+	"apt-get": "apt", "dpkg-deb": "dpkg",
+}
+
 // Require fails the test (it does not skip it) with a clear message unless
 // the process runs as root and every named binary exists. With no names it
-// checks PostfixBinaries. It also checks that the postfix user exists.
+// checks PostfixBinaries. When a Postfix binary is needed it also checks
+// that the postfix user exists.
 func Require(t testing.TB, binaries ...string) {
 	t.Helper()
 	if len(binaries) == 0 {
@@ -92,22 +110,39 @@ func Require(t testing.TB, binaries ...string) {
 	if uid := os.Geteuid(); uid != 0 {
 		problems = append(problems, fmt.Sprintf(
 			"the test runs as uid %d, but the MTA harness must run as root "+
-				"(postfix start, postsuper and smtp-sink -u need it); run the integration tests as root", uid))
+				"(postfix start, smtp-sink -u and Sendmail's private namespace need it); run the integration tests as root", uid))
 	}
+	var pkgs []string
+	needPostfix := false
 	for _, b := range binaries {
+		pkg := binaryPackage[b]
+		needPostfix = needPostfix || pkg == "postfix"
 		if _, err := LookBin(b); err != nil {
-			problems = append(problems, fmt.Sprintf("required binary missing: %v", err))
+			problems = append(problems, fmt.Sprintf("required binary missing: %v (Debian package %s)", err, pkg))
+			if pkg != "" && !slices.Contains(pkgs, pkg) {
+				pkgs = append(pkgs, pkg)
+			}
 		}
 	}
-	if _, err := user.Lookup(PostfixUser); err != nil {
-		problems = append(problems, fmt.Sprintf("user %q missing: %v", PostfixUser, err))
+	if needPostfix {
+		if _, err := user.Lookup(PostfixUser); err != nil {
+			problems = append(problems, fmt.Sprintf("user %q missing: %v", PostfixUser, err))
+			if !slices.Contains(pkgs, "postfix") {
+				pkgs = append(pkgs, "postfix")
+			}
+		}
 	}
 	if len(problems) > 0 {
-		t.Fatalf("integration: this machine cannot run the MTA tests:\n  - %s\n"+
-			"Install the MTA as CI does:\n"+
-			"  echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections\n"+
-			"  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix",
-			strings.Join(problems, "\n  - "))
+		hint := ""
+		if len(pkgs) > 0 {
+			hint = "\nInstall what is missing as CI does:\n"
+			if slices.Contains(pkgs, "postfix") {
+				hint += "  echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections\n"
+			}
+			hint += "  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends " + strings.Join(pkgs, " ")
+		}
+		t.Fatalf("integration: this machine cannot run the MTA tests:\n  - %s%s",
+			strings.Join(problems, "\n  - "), hint)
 	}
 }
 

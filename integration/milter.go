@@ -120,6 +120,10 @@ func StartMilter(t testing.TB, o MilterOptions) *Milter {
 // PostfixSpec is the socket in Postfix's smtpd_milters syntax.
 func (m *Milter) PostfixSpec() string { return m.postfx }
 
+// SendmailSpec is the socket in Sendmail's S= syntax ("inet:PORT@127.0.0.1"
+// or "unix:/path"), which is also what the daemon's -listen got.
+func (m *Milter) SendmailSpec() string { return m.listen }
+
 // ConfigPath is the policy file (empty for the embedded default).
 func (m *Milter) ConfigPath() string { return m.config }
 
@@ -164,8 +168,13 @@ func (m *Milter) Signal(sig os.Signal) error { return m.cmd.Process.Signal(sig) 
 // Stop sends SIGTERM and waits for the exit (SIGKILL after 10 s). It
 // returns the exit error, nil for a clean exit.
 func (m *Milter) Stop() error {
-	if m.cmd.ProcessState != nil {
-		return nil
+	// The exit status is in m.done (put back by whoever reads it): reading
+	// m.cmd.ProcessState here would race with the goroutine in Wait.
+	select {
+	case err := <-m.done:
+		m.done <- err
+		return err
+	default:
 	}
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -5,7 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,36 +35,18 @@ func TestMain(m *testing.M) {
 
 const itSystem = "https://mx.it.example/opes/"
 
-const itPolicy = `
-[system]
-uri = "https://mx.it.example/opes/"
-privacy_url = "https://mx.it.example/opes/privacy"
+// itPolicy is cases/policies/acl.toml: access control at HELO, MAIL and
+// RCPT, and a content rule at the end of data.
+var itPolicy = casePolicy("acl.toml")
 
-[[service]]
-name = "access"
-kind = "acl"
-[[service.options.entry]]
-stage = "mail"
-action = "deny"
-sender = ["blocked@example.org"]
-[[service.options.entry]]
-stage = "rcpt"
-action = "deny"
-recipient = ["trap@example.net"]
-reply = "Mailbox is a spam trap"
-
-[[rule]]
-name = "everyone"
-run = ["access"]
-
-[[rule]]
-name = "content"
-stage = "eom"
-verdict = "reject"
-reason = "forbidden subject"
-[rule.when]
-header = ["Subject: refuse-me"]
-`
+// casePolicy reads a policy of the integration cases (cases/policies/).
+func casePolicy(name string) string {
+	b, err := os.ReadFile(filepath.Join("cases", "policies", name))
+	if err != nil {
+		panic(fmt.Sprintf("integration: %v", err))
+	}
+	return string(b)
+}
 
 // mta starts a sink, opes-milter and Postfix wired together.
 func mta(t *testing.T, o MilterOptions) (*Sink, *Milter, *Postfix) {
@@ -77,11 +59,24 @@ func mta(t *testing.T, o MilterOptions) (*Sink, *Milter, *Postfix) {
 	return sink, m, pf
 }
 
+// startMTA starts the named MTA ("postfix" or "sendmail", see caseMTAs)
+// with milter m, tempfailing when it is down, relaying to sink. It returns
+// the SMTP address and the MTA's host name.
+func startMTA(t *testing.T, name string, m *Milter, sink *Sink) (addr, host string) {
+	t.Helper()
+	switch name {
+	case "postfix":
+		return StartPostfix(t, PostfixOptions{Milter: m.PostfixSpec(), DefaultAction: "tempfail", RelayTo: sink.Addr()}).Addr(), "mta.example.test"
+	case "sendmail":
+		return StartSendmail(t, SendmailOptions{Milter: m.SendmailSpec(), MilterFlags: "T", RelayTo: sink.Addr()}).Addr(), SendmailHost
+	}
+	t.Fatalf("unknown MTA %q", name)
+	return "", ""
+}
+
 func message(subject string) []byte {
 	return []byte("From: Alice <alice@example.org>\nTo: bob@example.net\nSubject: " + subject + "\nMessage-ID: <" + subject + "@example.org>\n\nHello.\n")
 }
-
-var queuedAs = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
 
 // traceBlock checks the delivered header: our OPES-System first, then
 // OPES-Via, both parsing with the PROFILE §2 grammar, id = queue id.
@@ -162,134 +157,54 @@ func checkTraceReply(t *testing.T, r Reply, code int, enhanced, agent string) st
 	return id
 }
 
-func TestTraceOnEveryDeliveredMessage(t *testing.T) {
-	for _, unix := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tcp", true: "unix"}[unix], func(t *testing.T) {
+// With the milter stopped, both MTAs tempfail (never accept, never refuse
+// for good) and nothing more reaches the sink: Postfix with
+// milter_default_action = tempfail, Sendmail with F=T.
+func TestMilterDownTempfails(t *testing.T) {
+	for _, name := range caseMTAs {
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			sink, _, pf := mta(t, MilterOptions{Unix: unix})
-			c := Dial(t, pf.Addr())
-			c.Ehlo("client.example")
-			var ids []string
-			for i := range 2 { // two messages on one SMTP connection
-				subject := fmt.Sprintf("trace-%d", i)
-				if r := c.MailFrom("alice@example.org"); r.Code != 250 {
-					t.Fatalf("MAIL: %s", r)
-				}
-				if r := c.RcptTo("bob@example.net"); r.Code != 250 {
-					t.Fatalf("RCPT: %s", r)
-				}
-				r := c.Data(message(subject))
-				m := queuedAs.FindStringSubmatch(r.Raw)
-				if r.Code != 250 || m == nil {
-					t.Fatalf("DATA: %s", r)
-				}
-				d := sink.WaitDump(t, HasHeader("Subject", subject), 10*time.Second)
-				t.Logf("delivered:\n%s", d.Message)
-				traceBlock(t, d, "https://localhost/opes/", m[1])
-				if !strings.Contains(string(d.Message), "Received: from client.example") {
-					t.Errorf("Postfix's Received missing:\n%s", d.Message)
-				}
-				ids = append(ids, m[1])
+			Require(t)
+			sink := StartSink(t)
+			m := StartMilter(t, MilterOptions{Binary: milterBinary})
+			addr, _ := startMTA(t, name, m, sink)
+			tr := SendMail(t, addr, "alice@example.org", []string{"bob@example.net"}, message("before"))
+			if !tr.Accepted() {
+				t.Fatalf("milter up, message not accepted:\n%s", tr)
 			}
-			c.Quit()
-			if ids[0] == ids[1] {
-				t.Errorf("two messages share trace id %s", ids[0])
+			sink.WaitDump(t, HasHeader("Subject", "before"), 10*time.Second)
+			if err := m.Stop(); err != nil {
+				t.Fatalf("SIGTERM: %v", err)
+			}
+			tr = SendMail(t, addr, "alice@example.org", []string{"bob@example.net"}, message("after"))
+			t.Logf("milter down:\n%s", tr)
+			if tr.Accepted() {
+				t.Fatalf("milter down but message accepted:\n%s", tr)
+			}
+			want := map[string]string{
+				"postfix":  "451 4.7.1 Service unavailable - try again later",
+				"sendmail": "451 4.3.2 Please try again later",
+			}[name]
+			var tempfail bool
+			for _, st := range tr.Steps {
+				r := st.Reply
+				if r.Class() == 5 {
+					t.Errorf("permanent error while the milter is down: %s: %s", st.Cmd, r)
+				}
+				verb, _, _ := strings.Cut(st.Cmd, " ")
+				if (verb == "MAIL" || verb == "RCPT" || verb == ".") && r.Positive() {
+					t.Errorf("%s accepted while the milter is down: %s", st.Cmd, r)
+				}
+				tempfail = tempfail || (r.Code == 451 && len(r.Lines) == 1 && r.Lines[0] == want)
+			}
+			if !tempfail {
+				t.Errorf("no %q while the milter is down:\n%s", want, tr)
+			}
+			time.Sleep(300 * time.Millisecond)
+			if n := len(sink.Dumps()); n != 1 {
+				t.Errorf("%d messages at the sink, want only the one sent before the stop", n)
 			}
 		})
-	}
-}
-
-func TestRefusalsCarryTraceThroughPostfix(t *testing.T) {
-	t.Parallel()
-	sink, _, pf := mta(t, MilterOptions{Policy: itPolicy})
-	c := Dial(t, pf.Addr())
-	c.Ehlo("client.example")
-
-	// MAIL stage.
-	checkTraceReply(t, c.MailFrom("blocked@example.org"), 550, "5.7.1", itSystem+"svc/access")
-	c.Cmd("RSET")
-
-	// RCPT stage: one recipient refused with the trace, the other accepted.
-	if r := c.MailFrom("alice@example.org"); r.Code != 250 {
-		t.Fatalf("MAIL: %s", r)
-	}
-	rr := c.RcptTo("trap@example.net")
-	id := checkTraceReply(t, rr, 550, "5.7.1", itSystem+"svc/access")
-	if !strings.Contains(rr.Lines[0], "Mailbox is a spam trap") {
-		t.Errorf("configured reply text missing: %s", rr)
-	}
-	if r := c.RcptTo("bob@example.net"); r.Code != 250 {
-		t.Fatalf("second RCPT: %s", r)
-	}
-	// Upstream trace fields (another OPES system before us) must pass
-	// through byte for byte, folding included.
-	upstream := "OPES-System: https://relay.upstream.example/opes/; id=UP77\n" +
-		"OPES-Via: https://relay.upstream.example/opes/; id=UP77,\n" +
-		"\thttps://relay.upstream.example/opes/svc/av;  action=analyzed\n" +
-		"OPES-Bypass: *\n"
-	if r := c.Data(append([]byte(upstream), message("split")...)); r.Code != 250 {
-		t.Fatalf("DATA: %s", r)
-	}
-	d := sink.WaitDump(t, HasHeader("Subject", "split"), 10*time.Second)
-	if !strings.Contains(string(d.Message), upstream) {
-		t.Errorf("upstream trace fields changed:\n%s", d.Message)
-	}
-	if len(d.Rcpts) != 1 || d.Rcpts[0] != "bob@example.net" {
-		t.Errorf("delivered to %v", d.Rcpts)
-	}
-	via := traceBlock(t, d, itSystem, id) // same id as in the RCPT reply
-	if len(via) != 2 || via[1].URI != itSystem+"svc/access" {
-		t.Fatalf("OPES-Via entries %+v", via)
-	}
-	if a, _ := via[1].Param("action"); a != "rejected" {
-		t.Errorf("acl action %q in the delivered trace", a)
-	}
-
-	// End of data.
-	c.MailFrom("alice@example.org")
-	c.RcptTo("bob@example.net")
-	r := c.Data(message("refuse-me"))
-	checkTraceReply(t, r, 554, "5.7.1", itSystem+"rule/content")
-	if !r.Contains("forbidden subject") {
-		t.Errorf("reason missing: %s", r)
-	}
-	c.Quit()
-	time.Sleep(300 * time.Millisecond)
-	for _, d := range sink.Dumps() {
-		if strings.Contains(string(d.Message), "refuse-me") {
-			t.Errorf("refused message reached the sink")
-		}
-	}
-}
-
-func TestMilterDownTempfails(t *testing.T) {
-	t.Parallel()
-	sink, m, pf := mta(t, MilterOptions{})
-	tr := SendMail(t, pf.Addr(), "alice@example.org", []string{"bob@example.net"}, message("before"))
-	if !tr.Accepted() {
-		t.Fatalf("milter up, message not accepted:\n%s", tr)
-	}
-	sink.WaitDump(t, HasHeader("Subject", "before"), 10*time.Second)
-	if err := m.Stop(); err != nil {
-		t.Fatalf("SIGTERM: %v", err)
-	}
-	tr = SendMail(t, pf.Addr(), "alice@example.org", []string{"bob@example.net"}, message("after"))
-	if tr.Accepted() {
-		t.Fatalf("milter down but message accepted:\n%s", tr)
-	}
-	var tempfail bool
-	for _, r := range tr.All() {
-		if r.Class() == 5 {
-			t.Errorf("permanent error while the milter is down: %s", r)
-		}
-		tempfail = tempfail || r.Code == 451
-	}
-	if !tempfail {
-		t.Errorf("no 451 while the milter is down:\n%s", tr)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if n := len(sink.Dumps()); n != 1 {
-		t.Errorf("%d messages at the sink, want only the one sent before the stop", n)
 	}
 }
 

@@ -308,6 +308,15 @@ func (p *Postfix) start() error {
 		}
 		return nil
 	})
+	if errors.Is(err, errForeign) && p.masterPID > 0 {
+		// A milter that refuses the connection turns the greeting into
+		// "554 HOST ESMTP not accepting connections", without our token.
+		// The greeting is still ours if our master holds the listener.
+		_, port, _ := net.SplitHostPort(p.addr)
+		if n, _ := strconv.Atoi(port); listensOn(p.masterPID, n) {
+			return nil
+		}
+	}
 	return err
 }
 

@@ -97,9 +97,11 @@ func (b *backend) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (resp *g
 	c.AuthUser = m.Get(gomilter.MacroAuthAuthen)
 	ctx, cancel := withDeadline(commandDeadline)
 	defer cancel()
-	o := b.sess.Mail(ctx, opes.Address{Addr: from, Args: strings.Fields(esmtpArgs)})
+	// Sendmail tells the queue id at MAIL: record it before the stage
+	// runs so a MAIL refusal carries the id Sendmail logs.
+	b.sess.StartTransaction()
 	b.sess.SetQueueID(m.Get(gomilter.MacroQueueId))
-	return respond(o)
+	return respond(b.sess.Mail(ctx, opes.Address{Addr: from, Args: strings.Fields(esmtpArgs)}))
 }
 
 func (b *backend) RcptTo(rcptTo, esmtpArgs string, m gomilter.Modifier) (resp *gomilter.Response, err error) {

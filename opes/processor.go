@@ -179,12 +179,20 @@ func (s *Session) Helo(ctx context.Context, name string) *Outcome {
 	return s.stage(ctx, StageHelo, nil)
 }
 
-// Mail starts a new transaction with the envelope sender.
-func (s *Session) Mail(ctx context.Context, from Address) *Outcome {
+// StartTransaction ends a transaction that already has a sender (the MTA
+// may not send ABORT between messages) and returns the one the next MAIL
+// belongs to, so the bridge can record MAIL-stage macros such as the
+// queue id before the MAIL stage runs.
+func (s *Session) StartTransaction() *Transaction {
 	if s.tx != nil && (s.tx.Sender != nil || s.tx.stage > StageMail) {
 		s.Abort()
 	}
-	tx := s.Transaction()
+	return s.Transaction()
+}
+
+// Mail starts a new transaction with the envelope sender.
+func (s *Session) Mail(ctx context.Context, from Address) *Outcome {
+	tx := s.StartTransaction()
 	tx.Sender = &from
 	return s.stage(ctx, StageMail, nil)
 }
