@@ -541,6 +541,20 @@ func (s *Sendmail) Queue() string {
 	return string(out)
 }
 
+// QuarantineQueue returns `sendmail -bp -qQ`: the quarantined messages
+// with their reasons.
+func (s *Sendmail) QuarantineQueue() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := s.nsCommand(ctx, "-bp", "-qQ", "-C"+s.cfPath)
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("sendmail -bp -qQ: %v: %s", err, out)
+	}
+	return string(out)
+}
+
 // QueueEmpty reports whether the queue directory holds no queue file.
 func (s *Sendmail) QueueEmpty() bool {
 	ents, _ := os.ReadDir(s.queue)
