@@ -283,31 +283,38 @@ func TestGarbageOnTheSocket(t *testing.T) {
 // the middle of a transaction: that message still gets its trace and is
 // delivered, then the daemon exits cleanly.
 func TestSIGTERMDrainsSessions(t *testing.T) {
-	t.Parallel()
-	sink, m, pf := mta(t, MilterOptions{})
-	c := Dial(t, pf.Addr())
-	c.Ehlo("client.example")
-	if r := c.MailFrom("alice@example.org"); r.Code != 250 {
-		t.Fatalf("MAIL: %s", r)
-	}
-	if r := c.RcptTo("bob@example.net"); r.Code != 250 {
-		t.Fatalf("RCPT: %s", r)
-	}
-	if err := m.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	m.WaitLog(t, "draining sessions", 5*time.Second)
-	r := c.Data(message("in-flight"))
-	if r.Code != 250 {
-		t.Fatalf("in-flight message: %s", r)
-	}
-	c.Quit()
-	d := sink.WaitDump(t, HasHeader("Subject", "in-flight"), 10*time.Second)
-	traceBlock(t, d, "https://localhost/opes/", "")
-	if err := m.Stop(); err != nil {
-		t.Fatalf("exit after drain: %v", err)
-	}
-	if !strings.Contains(m.Log(), "opes-milter: stopped") {
-		t.Errorf("no clean stop in the log:\n%s", m.Log())
+	for _, name := range caseMTAs {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			Require(t)
+			sink := StartSink(t)
+			m := StartMilter(t, MilterOptions{Binary: milterBinary})
+			addr, _ := startMTA(t, name, m, sink)
+			c := Dial(t, addr)
+			c.Ehlo("client.example")
+			if r := c.MailFrom("alice@example.org"); r.Code != 250 {
+				t.Fatalf("MAIL: %s", r)
+			}
+			if r := c.RcptTo("bob@example.net"); r.Code != 250 {
+				t.Fatalf("RCPT: %s", r)
+			}
+			if err := m.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			m.WaitLog(t, "draining sessions", 5*time.Second)
+			r := c.Data(message("in-flight"))
+			if r.Code != 250 {
+				t.Fatalf("in-flight message: %s", r)
+			}
+			c.Quit()
+			d := sink.WaitDump(t, HasHeader("Subject", "in-flight"), 10*time.Second)
+			traceBlock(t, d, "https://localhost/opes/", "")
+			if err := m.Stop(); err != nil {
+				t.Fatalf("exit after drain: %v", err)
+			}
+			if !strings.Contains(m.Log(), "opes-milter: stopped") {
+				t.Errorf("no clean stop in the log:\n%s", m.Log())
+			}
+		})
 	}
 }
