@@ -492,3 +492,21 @@ func waitBanner(addr, token string, timeout time.Duration, dead func() error) (t
 	}
 	return time.Since(start), fmt.Errorf("no 220 greeting with token %s on %s within %v (last: %v)", token, addr, timeout, last)
 }
+
+// waitContains polls read until its text contains substr and returns that
+// text; on timeout it fails the test with the last 30 lines.
+func waitContains(t testing.TB, what string, read func() string, substr string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		text := read()
+		if strings.Contains(text, substr) {
+			return text
+		}
+		if time.Now().After(deadline) {
+			lines := strings.Split(text, "\n")
+			t.Fatalf("integration: %q not in %s within %v; tail:\n%s", substr, what, timeout, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -137,13 +137,7 @@ func (m *Milter) Log() string {
 // WaitLog waits until the daemon's log contains s.
 func (m *Milter) WaitLog(t testing.TB, s string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(m.Log(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("opes-milter log lacks %q after %v:\n%s", s, timeout, m.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitContains(t, "the opes-milter log", m.Log, s, timeout)
 }
 
 // CPUTime is the user+system CPU time the daemon has used so far (zero

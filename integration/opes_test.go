@@ -74,6 +74,18 @@ func startMTA(t *testing.T, name string, m *Milter, sink *Sink) (addr, host stri
 	return "", ""
 }
 
+// mtaStack starts a sink, opes-milter and the named MTA wired together
+// and returns the MTA's SMTP address.
+func mtaStack(t *testing.T, name string, o MilterOptions) (*Sink, *Milter, string) {
+	t.Helper()
+	Require(t)
+	o.Binary = milterBinary
+	sink := StartSink(t)
+	m := StartMilter(t, o)
+	addr, _ := startMTA(t, name, m, sink)
+	return sink, m, addr
+}
+
 func message(subject string) []byte {
 	return []byte("From: Alice <alice@example.org>\nTo: bob@example.net\nSubject: " + subject + "\nMessage-ID: <" + subject + "@example.org>\n\nHello.\n")
 }
@@ -164,10 +176,7 @@ func TestMilterDownTempfails(t *testing.T) {
 	for _, name := range caseMTAs {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			Require(t)
-			sink := StartSink(t)
-			m := StartMilter(t, MilterOptions{Binary: milterBinary})
-			addr, _ := startMTA(t, name, m, sink)
+			sink, m, addr := mtaStack(t, name, MilterOptions{})
 			tr := SendMail(t, addr, "alice@example.org", []string{"bob@example.net"}, message("before"))
 			if !tr.Accepted() {
 				t.Fatalf("milter up, message not accepted:\n%s", tr)
@@ -286,10 +295,7 @@ func TestSIGTERMDrainsSessions(t *testing.T) {
 	for _, name := range caseMTAs {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			Require(t)
-			sink := StartSink(t)
-			m := StartMilter(t, MilterOptions{Binary: milterBinary})
-			addr, _ := startMTA(t, name, m, sink)
+			sink, m, addr := mtaStack(t, name, MilterOptions{})
 			c := Dial(t, addr)
 			c.Ehlo("client.example")
 			if r := c.MailFrom("alice@example.org"); r.Code != 250 {

@@ -454,17 +454,7 @@ func (p *Postfix) Log() string {
 // It fails the test on timeout.
 func (p *Postfix) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		l := p.Log()
-		if strings.Contains(l, substr) {
-			return l
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("integration: %q not in the maillog within %v; tail:\n%s", substr, timeout, tailFile(p.logPath, 30))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return waitContains(t, "the maillog", p.Log, substr, timeout)
 }
 
 // Queue returns "postqueue -p" output ("Mail queue is empty" when empty).

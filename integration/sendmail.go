@@ -514,17 +514,7 @@ func (s *Sendmail) Log() string {
 // fails the test on timeout.
 func (s *Sendmail) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		l := s.Log()
-		if strings.Contains(l, substr) {
-			return l
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("integration: %q not in the sendmail log within %v; tail:\n%s", substr, timeout, tailFile(s.logPath, 30))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return waitContains(t, "the sendmail log", s.Log, substr, timeout)
 }
 
 // Queue returns "sendmail -bp" output ("Mail queue is empty" when empty). It
