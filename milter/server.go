@@ -153,7 +153,7 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, milterA
 	if actions&gomilter.OptAddHeader == 0 {
 		return 0, 0, 0, 0, errors.New("milter: MTA does not allow adding header fields; OPES trace impossible")
 	}
-	want := ProtocolFor(s.proc.Load().Policy().Needs())
+	want := ProtocolFor(s.proc.Load().Needs())
 	return version, actions, want & mtaProtocol, offered, nil
 }
 

@@ -20,6 +20,10 @@ type Processor struct {
 	log     *slog.Logger
 	newID   func() string
 	metrics Metrics
+
+	reporter    Reporter
+	measureSize bool
+	storeBody   bool // some service or condition reads the body
 }
 
 // Metrics receives counts and timings from the processor; the daemon
@@ -68,11 +72,22 @@ func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor,
 	for _, o := range opts {
 		o(proc)
 	}
+	proc.storeBody = p.Needs().Body
 	return proc, nil
 }
 
 // Policy returns the policy the processor runs.
 func (p *Processor) Policy() *Policy { return p.policy }
+
+// Needs is what the MTA must send: the policy's needs, plus the body when
+// the reporter counts message sizes.
+func (p *Processor) Needs() Needs {
+	n := p.policy.Needs()
+	if p.reporter != nil && p.measureSize {
+		n.Body = true
+	}
+	return n
+}
 
 // NewSession starts the processing of one SMTP connection.
 func (p *Processor) NewSession() *Session {
@@ -116,6 +131,10 @@ type txRun struct {
 	evaluated StageSet // stages whose rules ran for this transaction
 	hdrBytes  int
 	hdrOver   bool
+	start     time.Time
+	bodySize  int64
+	bodySeen  bool
+	outcome   *OutcomeInfo // how it ended, for the report
 }
 
 type activeService struct {
@@ -129,6 +148,7 @@ type traceRecord struct {
 	action     string
 	status     string
 	bypassable bool
+	took       time.Duration // all hooks of the transaction
 }
 
 // actionRank orders trace actions so that a service reported at several
@@ -163,7 +183,7 @@ func (s *Session) Transaction() *Transaction {
 			Header: NewHeader(),
 			Body:   NewBody(s.p.policy.Limits.Body),
 		}
-		s.run = &txRun{}
+		s.run = &txRun{start: time.Now()}
 	}
 	return s.tx
 }
@@ -239,8 +259,14 @@ func (s *Session) EndOfHeaders(ctx context.Context) *Outcome {
 // (size limit, spool failure).
 func (s *Session) BodyChunk(p []byte) *Outcome {
 	tx := s.Transaction()
-	if max := s.p.policy.Limits.MaxMessageSize; max > 0 && tx.Body.Size()+int64(len(p)) > max {
+	run := s.run
+	run.bodySeen = true
+	run.bodySize += int64(len(p))
+	if max := s.p.policy.Limits.MaxMessageSize; max > 0 && run.bodySize > max {
 		return s.limitOutcome(StageEOM, "message too big")
+	}
+	if !s.p.storeBody {
+		return nil // counted for the report; no service reads it
 	}
 	if _, err := tx.Body.Write(p); err != nil {
 		s.p.log.Error("spool body", "trace_id", s.traceID(), "err", err)
@@ -284,8 +310,10 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	o.DelRcpts = tx.envelope.deleted
 	if o.Quarantine != "" {
 		s.p.metrics.Outcome(StageEOM, Quarantine)
+		s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Quarantine.String(), Quarantine: o.Quarantine}
 	} else {
 		s.p.metrics.Outcome(StageEOM, Accept)
+		s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Accept.String()}
 	}
 	s.p.log.Info("opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
 		"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
@@ -300,6 +328,7 @@ func (s *Session) Abort() {
 	if s.tx == nil {
 		return
 	}
+	s.report()
 	for _, a := range s.run.active {
 		a.tx.Close()
 	}
@@ -422,7 +451,9 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		}
 		began := time.Now()
 		v, err := s.call(ctx, a, st, rcpt)
-		s.p.metrics.ServiceCall(a.spec.Name, st, time.Since(began), err != nil)
+		took := time.Since(began)
+		a.rec.took += took
+		s.p.metrics.ServiceCall(a.spec.Name, st, took, err != nil)
 		if st == StageEOM {
 			s.protectTrace(a, before)
 		}
@@ -506,6 +537,9 @@ func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, 
 	}
 	reply := buildReply(code, enh, text, s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
 	s.p.metrics.Outcome(st, kind)
+	if rcpt == nil { // a recipient refusal does not end the transaction
+		s.run.outcome = &OutcomeInfo{Stage: st.String(), Verdict: kind.String(), Code: code}
+	}
 	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", who,
 		"verdict", kind.String(), "code", code, "rcpt_refused", rcpt != nil)
 	return &Outcome{Kind: kind, Reply: reply, TraceID: s.traceID()}
@@ -522,6 +556,9 @@ func (s *Session) failure(st Stage, rec *traceRecord, why string) *Outcome {
 		rec.status = "failed"
 	}
 	s.p.metrics.Outcome(st, TempFail)
+	if st != StageRcpt {
+		s.run.outcome = &OutcomeInfo{Stage: st.String(), Verdict: TempFail.String(), Code: 451}
+	}
 	reply := buildReply(451, "4.3.0", "OPES processing failed, try again later ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
 	return &Outcome{Kind: TempFail, Reply: reply, TraceID: s.traceID()}
 }
@@ -531,6 +568,7 @@ func (s *Session) limitOutcome(st Stage, why string) *Outcome {
 	rec := s.record(s.p.policy.System.URI, false)
 	rec.note("rejected")
 	s.p.metrics.Outcome(st, Reject)
+	s.run.outcome = &OutcomeInfo{Stage: st.String(), Verdict: Reject.String(), Code: 552}
 	reply := buildReply(552, "5.3.4", "Message refused by OPES processor ("+why+")", s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
 	s.p.log.Info("opes: refused", "trace_id", s.traceID(), "stage", st.String(), "by", "limits", "why", why)
 	return &Outcome{Kind: Reject, Reply: reply, TraceID: s.traceID()}
