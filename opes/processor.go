@@ -79,12 +79,15 @@ func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor,
 // Policy returns the policy the processor runs.
 func (p *Processor) Policy() *Policy { return p.policy }
 
-// Needs is what the MTA must send: the policy's needs, plus the body when
-// the reporter counts message sizes.
+// Needs is what the MTA must send: the policy's needs, plus the envelope
+// stages when transaction records are kept, and the body when they count
+// message sizes.
 func (p *Processor) Needs() Needs {
 	n := p.policy.Needs()
-	if p.reporter != nil && p.measureSize {
-		n.Body = true
+	if p.reporter != nil {
+		// A record names the client and the envelope.
+		n.Stages |= StagesOf(StageConnect, StageHelo, StageMail, StageRcpt)
+		n.Body = n.Body || p.measureSize
 	}
 	return n
 }

@@ -37,7 +37,7 @@ func TestTransactionRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	proc.newID = func() string { return "01TESTTRACEID" }
-	if !proc.Needs().Body || proc.storeBody {
+	if n := proc.Needs(); !n.Body || proc.storeBody || !n.Stages.Has(StageMail) || !n.Stages.Has(StageHelo) {
 		t.Fatalf("measuring size must ask for the body without storing it: needs %+v store %v", proc.Needs(), proc.storeBody)
 	}
 	s := proc.NewSession()

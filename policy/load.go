@@ -15,10 +15,11 @@ import (
 // The keys each table of the file accepts; docs/configuration.md and
 // default.toml describe them.
 var (
-	topKeys     = []string{"system", "milter", "admin", "limits", "service", "rule"}
+	topKeys     = []string{"system", "milter", "admin", "report", "limits", "service", "rule"}
 	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail"}
 	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
 	adminKeys   = []string{"listen", "allow_remote"}
+	reportKeys  = []string{"transactions", "addresses", "measure_size"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
 	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "on_error", "options"}
 	ruleKeys    = []string{"name", "stage", "run", "verdict", "reply", "code", "enhanced", "reason", "when"}
@@ -123,6 +124,7 @@ func (l *loader) load() *Config {
 	l.system(root.m["system"], &pol.System)
 	l.milter(root.m["milter"], &cfg.Milter)
 	l.admin(root.m["admin"], &cfg.Admin)
+	l.reportSection(root.m["report"], &cfg.Report)
 	l.limits(root.m["limits"], &pol.Limits)
 	svcs := l.services(root.m["service"], top["service"], pol)
 	l.rules(root.m["rule"], top["rule"], svcs, pol)

@@ -134,6 +134,8 @@ func TestParseErrors(t *testing.T) {
 		{sys + "[milter]\nsocket_mode = \"0444\"", `t.toml:4:15: milter.socket_mode: "0444": the owner must be able to write the socket`},
 		{sys + "[admin]\nlisten = \"0.0.0.0:10029\"", `t.toml:4:10: admin.listen: "0.0.0.0:10029" is not a loopback address; set allow_remote = true to expose the admin listener`},
 		{sys + "[admin]\nlisten = \"10029\"", `t.toml:4:10: admin.listen: "10029" is not host:port, e.g. "127.0.0.1:10029"`},
+		{sys + "[report]\ntransactions = \"tx.jsonl\"\naddresses = \"some\"", "t.toml:4:16: report.transactions: \"tx.jsonl\" is not an absolute path\n" +
+			`t.toml:5:13: report.addresses: "some": want full, domain or none`},
 		{"rule = [1]\n" + sys, `t.toml:1:9: rule[1]: expected a table, found an integer`},
 		{sys + "[[service]]\nname = \"" + strings.Repeat("n", 500) + "\"\nkind = \"tag\"\noptions = { header = \"X: 1\" }",
 			`t.toml:4:8: service[1].name: service URI: URI longer than 512 octets`},

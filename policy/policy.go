@@ -31,6 +31,7 @@ type Config struct {
 	Policy *opes.Policy
 	Milter Milter
 	Admin  Admin
+	Report Report
 	// Source names where the configuration came from: the file name, or
 	// "embedded default".
 	Source string
@@ -51,6 +52,19 @@ type Milter struct {
 	// must be able to write it, nobody else should.
 	SocketMode  os.FileMode
 	SocketGroup string
+}
+
+// Report holds the settings of the per-transaction records (RFC 4496
+// §4.3).
+type Report struct {
+	// Transactions is the JSON-lines file; empty disables the records.
+	Transactions string
+	// Addresses is how much of envelope addresses records keep: "full",
+	// "domain" or "none".
+	Addresses string
+	// MeasureSize asks the MTA for the body to count message sizes even
+	// when no service reads it (costs a little throughput).
+	MeasureSize bool
 }
 
 // Admin holds the settings of the HTTP admin listener (/healthz,

@@ -79,6 +79,9 @@ func TestLoadFull(t *testing.T) {
 	if cfg.Admin.Listen != "127.0.0.1:10029" {
 		t.Errorf("Admin = %+v", cfg.Admin)
 	}
+	if cfg.Report != (Report{Transactions: "/var/log/opes-milter/transactions.jsonl", Addresses: "domain", MeasureSize: true}) {
+		t.Errorf("Report = %+v", cfg.Report)
+	}
 	p := cfg.Policy
 	wantSystem := opes.System{URI: "https://mx1.example.net/opes/", PrivacyURL: "https://mx1.example.net/opes/privacy", Contact: "postmaster@example.net", TraceDetail: opes.TraceActions}
 	if p.System != wantSystem {

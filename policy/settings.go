@@ -146,6 +146,33 @@ func (l *loader) milter(v any, m *Milter) {
 	}
 }
 
+// reportSection reads [report].
+func (l *loader) reportSection(v any, r *Report) {
+	p := path{{key: "report"}}
+	*r = Report{Addresses: "full"}
+	t, ok := l.table(v, p, reportKeys)
+	if !ok {
+		return
+	}
+	if s, ok := t.str("transactions"); ok {
+		if s != "" && !filepath.IsAbs(s) {
+			l.errorf(p.key("transactions"), "%q is not an absolute path", s)
+		}
+		r.Transactions = s
+	}
+	if s, ok := t.str("addresses"); ok {
+		switch s {
+		case "full", "domain", "none":
+			r.Addresses = s
+		default:
+			l.errorf(p.key("addresses"), "%q: want full, domain or none", s)
+		}
+	}
+	if b, ok := t.boolean("measure_size"); ok {
+		r.MeasureSize = b
+	}
+}
+
 // admin reads [admin]. The listener is off unless listen is set, and it
 // binds loopback only unless allow_remote says otherwise: it exposes
 // operational data and, later, bypass management.

@@ -31,6 +31,7 @@ import (
 
 	"github.com/opesmilter/opes-milter/internal/admin"
 	"github.com/opesmilter/opes-milter/internal/metrics"
+	"github.com/opesmilter/opes-milter/internal/report"
 	"github.com/opesmilter/opes-milter/internal/sockspec"
 	"github.com/opesmilter/opes-milter/milter"
 	"github.com/opesmilter/opes-milter/opes"
@@ -95,7 +96,26 @@ func run(args []string, stderr io.Writer) int {
 		cfg.Admin.Listen = f.adminListen.value
 	}
 	mx := metrics.New()
-	proc, err := opes.NewProcessor(cfg.Policy, log, opes.WithMetrics(mx))
+	var rep *report.Writer
+	if cfg.Report.Transactions != "" {
+		// The file is opened once; SIGHUP reopens it (log rotation). A
+		// changed path takes effect on restart.
+		rep, err = report.Open(cfg.Report.Transactions, report.Addresses(cfg.Report.Addresses),
+			func(err error) { log.Error("opes-milter: transaction record", "err", err) })
+		if err != nil {
+			fmt.Fprintln(stderr, "opes-milter:", err)
+			return 1
+		}
+		defer rep.Close()
+	}
+	procOpts := func(c *policy.Config) []opes.Option {
+		opts := []opes.Option{opes.WithMetrics(mx)}
+		if rep != nil {
+			opts = append(opts, opes.WithReporter(rep, c.Report.MeasureSize))
+		}
+		return opts
+	}
+	proc, err := opes.NewProcessor(cfg.Policy, log, procOpts(cfg)...)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", cfg.Source, err)
 		return 1
@@ -153,7 +173,12 @@ func run(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				mx.Reloaded(reload(srv, f.config, listen, cfg, log, mx))
+				if rep != nil {
+					if err := rep.Reopen(); err != nil {
+						log.Error("opes-milter: reopen transaction records", "err", err)
+					}
+				}
+				mx.Reloaded(reload(srv, f.config, listen, cfg, log, procOpts))
 				continue
 			}
 			stopping.Store(true)
@@ -176,14 +201,16 @@ func run(args []string, stderr io.Writer) int {
 
 // reload validates the file and swaps the processor; on any error the
 // running policy stays.
-func reload(srv *milter.Server, path, listen string, old *policy.Config, log *slog.Logger, mx opes.Metrics) error {
+func reload(srv *milter.Server, path, listen string, old *policy.Config, log *slog.Logger, procOpts func(*policy.Config) []opes.Option) error {
 	cfg, err := loadConfig(path)
 	if err == nil {
 		var proc *opes.Processor
-		if proc, err = opes.NewProcessor(cfg.Policy, log, opes.WithMetrics(mx)); err == nil {
+		if proc, err = opes.NewProcessor(cfg.Policy, log, procOpts(cfg)...); err == nil {
 			srv.SetProcessor(proc)
-			if (cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen) || cfg.Admin != old.Admin {
-				log.Warn("opes-milter: reload: the listen sockets change only on restart", "milter", cfg.Milter.Listen, "admin", cfg.Admin.Listen)
+			if (cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen) || cfg.Admin != old.Admin ||
+				cfg.Report.Transactions != old.Report.Transactions || cfg.Report.Addresses != old.Report.Addresses {
+				log.Warn("opes-milter: reload: listen sockets and the record file change only on restart",
+					"milter", cfg.Milter.Listen, "admin", cfg.Admin.Listen, "transactions", cfg.Report.Transactions)
 			}
 			log.Info("opes-milter: reloaded", "config", cfg.Source, "needs", cfg.Policy.Needs().Stages.String())
 			return nil
