@@ -324,11 +324,23 @@ func waitGone(pid int, timeout time.Duration) bool {
 
 // sessionMembers lists the live processes whose session ID is sid (the
 // Postfix master calls setsid, so its daemons are in its session).
-func sessionMembers(sid int) []int {
+func sessionMembers(sid int) []int { return procsWith(statSession, sid) }
+
+// Fields of procStat's result (after the command name): state, ppid,
+// process group, session.
+const (
+	statPgrp    = 2
+	statSession = 3
+)
+
+// procsWith lists the live (not zombie) processes whose procStat field
+// is id.
+func procsWith(field, id int) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
+	want := strconv.Itoa(id)
 	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -336,10 +348,10 @@ func sessionMembers(sid int) []int {
 			continue
 		}
 		f, err := procStat(pid)
-		if err != nil || len(f) < 4 || f[0] == "Z" {
+		if err != nil || len(f) <= field || f[0] == "Z" || f[0] == "X" {
 			continue
 		}
-		if f[3] == strconv.Itoa(sid) {
+		if f[field] == want {
 			pids = append(pids, pid)
 		}
 	}

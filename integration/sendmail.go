@@ -429,27 +429,7 @@ func (s *Sendmail) kill(grace time.Duration) {
 }
 
 // groupMembers lists the live processes whose process group is pgid.
-func groupMembers(pgid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f, err := procStat(pid)
-		if err != nil || len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if f[2] == strconv.Itoa(pgid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+func groupMembers(pgid int) []int { return procsWith(statPgrp, pgid) }
 
 func (s *Sendmail) cleanup() {
 	if s.t.Failed() {
