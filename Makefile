@@ -12,9 +12,10 @@ DIST      ?= dist
 # Debian packages the tests need, and a binary of each that tells whether
 # it is installed: Postfix (the MTA tests), miltertest (the independent
 # milter client), lintian and adduser (the package test), m4 (the
-# Sendmail configuration of the Sendmail tests).
-APT_PACKAGES = postfix miltertest lintian adduser m4
-DEP_BINARIES = /usr/sbin/postfix /usr/sbin/smtp-sink /usr/bin/miltertest /usr/bin/lintian /usr/sbin/adduser /usr/bin/m4
+# Sendmail configuration of the Sendmail tests), clamd and spamd (the
+# virus and spam services are tested against the real engines, offline).
+APT_PACKAGES = postfix miltertest lintian adduser m4 clamav-daemon spamassassin spamd spamc
+DEP_BINARIES = /usr/sbin/postfix /usr/sbin/smtp-sink /usr/bin/miltertest /usr/bin/lintian /usr/sbin/adduser /usr/bin/m4 /usr/sbin/clamd /usr/sbin/spamd
 
 .PHONY: all build run test unit deps lint bench deb clean
 

@@ -503,6 +503,9 @@ func (s *Session) rules(st, rs Stage, rcpt *Recipient) *Outcome {
 // apply records a verdict and returns the outcome if it ends the stage.
 func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, who string) *Outcome {
 	rec.note(v.action())
+	if v.Status != "" {
+		rec.status = SanitizeText(v.Status, 32)
+	}
 	switch v.Kind {
 	case Accept:
 		s.run.accepted = true

@@ -58,6 +58,10 @@ type Verdict struct {
 	// Reason is a short token for logs, the quarantine reason and the
 	// default reply text, e.g. "client address blocked".
 	Reason string
+	// Status is the trace status (PROFILE §2) when the service did not do
+	// its work: "skipped" (e.g. a message too large to scan). Failures
+	// ("failed", "timeout") are set by the processor from hook errors.
+	Status string
 }
 
 // Reply is an SMTP reply the processor will send. Lines hold the text

@@ -11,6 +11,8 @@ import (
 
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/acl"
+	"github.com/opesmilter/opes-milter/opes/clamav"
+	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
 )
 
@@ -21,6 +23,10 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 	switch kind {
 	case "acl":
 		return acl.New(decode)
+	case "clamav":
+		return clamav.New(decode)
+	case "spamd":
+		return spamd.New(decode)
 	case "tag":
 		return tag.New(decode)
 	}
@@ -29,5 +35,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "tag"}
+	return []string{"acl", "clamav", "spamd", "tag"}
 }

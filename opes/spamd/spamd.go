@@ -1,0 +1,335 @@
+// Package spamd is the spam filter service: at the end of the message it
+// hands the message to SpamAssassin's spamd (the callout server of RFC
+// 4496 §4.2), speaking the SPAMC/1.5 protocol over TCP or a unix socket,
+// and turns the score into actions: X-Spam-* header fields and a Subject
+// prefix for the reader, quarantine, or a refusal.
+//
+// spamd sees the message as it will be delivered (the working header,
+// including changes of services that ran before, and the body), plus two
+// synthetic lines on top that exist only in the copy sent to spamd: a
+// Return-Path with the envelope sender and a Received line for the hop
+// from the SMTP client to this MTA (client IP, reverse name, HELO, ESMTPA
+// when authenticated). The MTA adds its own Received line only after the
+// milter has run, so without them SpamAssassin's network and envelope
+// rules (RBL checks on the relay, SPF, HELO tests, ALL_TRUSTED) would see
+// no last hop. Wire values in them are sanitised and bounded.
+//
+// Options, under [service.options]:
+//
+//	address = "127.0.0.1:783"   # required; host:port, or a unix socket ("/path" or "unix:/path")
+//	timeout = "30s"             # whole exchange with spamd
+//	max_size = 512000           # octets; larger messages are not scanned (like spamc's 500 KiB)
+//	user = "spam"               # optional: spamd user whose preferences apply
+//	add_header = true           # X-Spam-Score and X-Spam-Status on every scanned message
+//	subject_prefix = "[SPAM]"   # on spam (spamd's own threshold); not added twice
+//	quarantine_score = 10.0     # 0 = off
+//	reject_score = 15.0         # 0 = off; 554 5.7.1 at the end of data
+//
+// At least one action must be configured. The thresholds are compared
+// with the score spamd reports; reject beats quarantine beats marking.
+// Per-recipient thresholds and spamd users are out of scope for now: the
+// decision is one for the whole message, as a milter can only refuse or
+// hold the message as a whole at the end of data.
+//
+// A failure to reach spamd, a timeout or a malformed answer is an error,
+// so the service's on_error policy decides, not this package: mail is not
+// lost because spamd is down. Spam filtering is usually declared
+// bypassable = true, and then the default on_error delivers the message
+// unscanned with status=failed in the trace; a service that is not
+// bypassable tempfails instead.
+package spamd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opesmilter/opes-milter/opes"
+)
+
+type options struct {
+	Address         string  `toml:"address"`
+	Timeout         string  `toml:"timeout"`
+	MaxSize         int64   `toml:"max_size"`
+	User            string  `toml:"user"`
+	AddHeader       bool    `toml:"add_header"`
+	SubjectPrefix   string  `toml:"subject_prefix"`
+	QuarantineScore float64 `toml:"quarantine_score"`
+	RejectScore     float64 `toml:"reject_score"`
+}
+
+// Defaults and bounds of the options.
+const (
+	DefaultTimeout = 30 * time.Second
+	DefaultMaxSize = 500 << 10 // spamc's default: bigger mail is rarely spam and slow to scan
+	maxMaxSize     = 256 << 20 // spamc's hard limit
+	maxTimeout     = 10 * time.Minute
+	maxPrefix      = 100
+	maxUser        = 64
+)
+
+// Header fields the service writes.
+const (
+	FieldScore  = "X-Spam-Score"
+	FieldStatus = "X-Spam-Status"
+)
+
+type service struct {
+	network, addr string
+	timeout       time.Duration
+	maxSize       int64
+	user          string
+	addHeader     bool
+	prefix        string
+	quarantine    float64
+	reject        float64
+}
+
+// New builds the service from its options. decode fills a struct from
+// [service.options] the way toml.PrimitiveDecode does.
+func New(decode func(v any) error) (opes.Service, error) {
+	var o options
+	if decode != nil {
+		if err := decode(&o); err != nil {
+			return nil, fmt.Errorf("spamd: decode options: %w", err)
+		}
+	}
+	s := &service{addHeader: o.AddHeader, timeout: DefaultTimeout, maxSize: DefaultMaxSize}
+	var err error
+	if s.network, s.addr, err = parseAddress(o.Address); err != nil {
+		return nil, &opes.FieldError{Field: "address", Err: err}
+	}
+	if o.Timeout != "" {
+		d, err := time.ParseDuration(o.Timeout)
+		if err != nil || d <= 0 || d > maxTimeout {
+			return nil, opes.FieldErrorf("timeout", "%q is not a duration between 0 and %s, e.g. \"30s\"", o.Timeout, maxTimeout)
+		}
+		s.timeout = d
+	}
+	if o.MaxSize != 0 {
+		if o.MaxSize < 0 || o.MaxSize > maxMaxSize {
+			return nil, opes.FieldErrorf("max_size", "%d is not between 1 and %d octets", o.MaxSize, maxMaxSize)
+		}
+		s.maxSize = o.MaxSize
+	}
+	if o.User != "" {
+		if err := checkUser(o.User); err != nil {
+			return nil, &opes.FieldError{Field: "user", Err: err}
+		}
+		s.user = o.User
+	}
+	if o.SubjectPrefix != "" {
+		p := strings.TrimSpace(o.SubjectPrefix)
+		if err := checkText(p, maxPrefix); err != nil {
+			return nil, &opes.FieldError{Field: "subject_prefix", Err: err}
+		}
+		s.prefix = p
+	}
+	for _, t := range []struct {
+		field string
+		v     float64
+	}{{"quarantine_score", o.QuarantineScore}, {"reject_score", o.RejectScore}} {
+		if math.IsNaN(t.v) || t.v < 0 || t.v > maxScore {
+			return nil, opes.FieldErrorf(t.field, "%v is not a score between 0 (off) and %g", t.v, float64(maxScore))
+		}
+	}
+	s.quarantine, s.reject = o.QuarantineScore, o.RejectScore
+	if s.quarantine > 0 && s.reject > 0 && s.quarantine >= s.reject {
+		return nil, opes.FieldErrorf("quarantine_score", "%g is not below reject_score %g: reject wins, so the quarantine would never apply", s.quarantine, s.reject)
+	}
+	if !s.addHeader && s.prefix == "" && s.quarantine == 0 && s.reject == 0 {
+		return nil, opes.FieldErrorf("add_header", "add_header, subject_prefix, quarantine_score or reject_score is required: a spamd service without any changes nothing")
+	}
+	return s, nil
+}
+
+// parseAddress accepts "host:port", "/path/to/spamd.sock" and
+// "unix:/path/to/spamd.sock".
+func parseAddress(a string) (network, addr string, err error) {
+	a = strings.TrimSpace(a)
+	if a == "" {
+		return "", "", errors.New(`is required, e.g. "127.0.0.1:783" or "/run/spamd.sock"`)
+	}
+	if p, ok := strings.CutPrefix(a, "unix:"); ok || strings.HasPrefix(a, "/") {
+		if !ok {
+			p = a
+		}
+		if !strings.HasPrefix(p, "/") {
+			return "", "", fmt.Errorf("unix socket %q is not an absolute path", p)
+		}
+		return "unix", p, nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
+		return "", "", fmt.Errorf("%q is not host:port or an absolute unix socket path", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("%q: port %q is not 1..65535", a, port)
+	}
+	return "tcp", a, nil
+}
+
+// checkUser keeps the name a single protocol token: it goes into the
+// "User:" request line.
+func checkUser(u string) error {
+	if len(u) > maxUser {
+		return fmt.Errorf("is longer than %d octets", maxUser)
+	}
+	for i := 0; i < len(u); i++ {
+		if c := u[i]; c <= 0x20 || c > 0x7e {
+			return fmt.Errorf("has byte 0x%02x at offset %d: only printable US-ASCII without spaces is allowed", c, i)
+		}
+	}
+	return nil
+}
+
+// checkText allows printable US-ASCII only: anything else would need
+// RFC 2047 encoding, and CR or LF would start a new header field.
+func checkText(v string, max int) error {
+	if v == "" {
+		return errors.New("is empty")
+	}
+	if len(v) > max {
+		return fmt.Errorf("is longer than %d octets", max)
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("has byte 0x%02x at offset %d: only printable US-ASCII is allowed", c, i)
+		}
+	}
+	return nil
+}
+
+func (s *service) Needs() opes.Needs {
+	return opes.Needs{Stages: opes.StagesOf(opes.StageEOM), Headers: true, Body: true}
+}
+
+func (s *service) Begin(tx *opes.Transaction) opes.ServiceTx { return &txState{s: s, tx: tx} }
+
+type txState struct {
+	opes.BaseTx
+	s  *service
+	tx *opes.Transaction
+}
+
+func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
+	s, tx := t.s, t.tx
+	header := opes.FormatHeader(tx.Header.Fields())
+	if size := int64(len(header)) + 2 + tx.Size(); size > s.maxSize {
+		// Defined behaviour for big mail, as spamc does: deliver it
+		// unscanned rather than tie up spamd; the trace says analyzed.
+		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Reason: "not scanned: larger than max_size"}, nil
+	}
+	res, err := s.check(ctx, envelopeLines(tx, time.Now())+header+"\r\n", tx)
+	if err != nil {
+		return opes.Verdict{}, err
+	}
+	return s.act(tx, res)
+}
+
+// act turns spamd's answer into the verdict and header changes.
+func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
+	score := formatScore(res.Score)
+	if s.reject > 0 && res.Score >= s.reject {
+		// Nothing is delivered, so the header is left alone.
+		return opes.Verdict{
+			Kind: opes.Reject, Action: "rejected", Reason: "spam score " + score,
+			Reply: opes.Reply{Enhanced: "5.7.1", Text: "Message refused as spam (score " + score + ")"},
+		}, nil
+	}
+	action := "analyzed"
+	if s.addHeader {
+		// A sender's own X-Spam-* fields would contradict ours, or be
+		// trusted by a mail client filter: ours replace them.
+		tx.Header.Del(FieldScore)
+		tx.Header.Del(FieldStatus)
+		if err := tx.Header.Add(FieldScore, score); err != nil {
+			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldScore, err)
+		}
+		if err := tx.Header.Add(FieldStatus, statusValue(res)); err != nil {
+			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldStatus, err)
+		}
+		action = "header-added"
+	}
+	if s.prefix != "" && res.Spam {
+		marked, err := markSubject(tx.Header, s.prefix)
+		if err != nil {
+			return opes.Verdict{}, fmt.Errorf("spamd: mark subject: %w", err)
+		}
+		if marked {
+			action = "tagged"
+		}
+	}
+	if s.quarantine > 0 && res.Score >= s.quarantine {
+		// The header changes above still apply: they tell whoever reviews
+		// the quarantine why the message is there.
+		return opes.Verdict{Kind: opes.Quarantine, Action: "quarantined", Reason: "spam score " + score}, nil
+	}
+	reason := "ham score " + score
+	if res.Spam {
+		reason = "spam score " + score
+	}
+	return opes.Verdict{Kind: opes.Continue, Action: action, Reason: reason}, nil
+}
+
+// check sends the message to spamd and reads the answer. head is
+// everything before the body: synthetic lines, header, blank line.
+func (s *service) check(ctx context.Context, head string, tx *opes.Transaction) (*result, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, s.network, s.addr)
+	if err != nil {
+		return nil, s.wrap("connect", err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	// A cancelled context (the MTA went away) must end the exchange too,
+	// not only the deadline.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	var req strings.Builder
+	req.WriteString("SYMBOLS SPAMC/1.5\r\n")
+	fmt.Fprintf(&req, "Content-length: %d\r\n", int64(len(head))+tx.Size())
+	if s.user != "" {
+		fmt.Fprintf(&req, "User: %s\r\n", s.user)
+	}
+	req.WriteString("\r\n")
+	req.WriteString(head)
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		return nil, s.wrap("send request", err)
+	}
+	// The body is streamed from the spool: it may be on disk.
+	if tx.Body != nil {
+		if _, err := io.Copy(conn, tx.Body.Reader()); err != nil {
+			return nil, s.wrap("send message", err)
+		}
+	}
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	res, err := parseResponse(conn)
+	if err != nil {
+		return nil, s.wrap("read answer", err)
+	}
+	return res, nil
+}
+
+func (s *service) wrap(what string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("spamd %s: %s: no answer within %s: %w", s.addr, what, s.timeout, err)
+	}
+	return fmt.Errorf("spamd %s: %s: %w", s.addr, what, err)
+}
+
+// formatScore prints a score the way spamd does: one decimal.
+func formatScore(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) }

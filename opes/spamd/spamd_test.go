@@ -1,0 +1,451 @@
+package spamd
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/opes"
+)
+
+const (
+	sysURI = "https://mx.example.net/opes/"
+	gtube  = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+)
+
+func mustNew(t *testing.T, src string) *service {
+	t.Helper()
+	s, err := New(optiontest.Decoder(t, src))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s.(*service)
+}
+
+// opts returns an options table for addr plus extra lines.
+func opts(addr string, extra ...string) string {
+	return "[options]\naddress = \"" + addr + "\"\n" + strings.Join(extra, "\n") + "\n"
+}
+
+func TestNew(t *testing.T) {
+	s := mustNew(t, opts("127.0.0.1:783", "add_header = true"))
+	if s.network != "tcp" || s.addr != "127.0.0.1:783" || s.timeout != DefaultTimeout || s.maxSize != DefaultMaxSize {
+		t.Errorf("defaults: %+v", s)
+	}
+	want := opes.Needs{Stages: opes.StagesOf(opes.StageEOM), Headers: true, Body: true}
+	if s.Needs() != want {
+		t.Errorf("Needs = %+v, want %+v", s.Needs(), want)
+	}
+	for addr, sock := range map[string]string{"/run/spamd.sock": "/run/spamd.sock", "unix:/run/s.sock": "/run/s.sock"} {
+		s := mustNew(t, opts(addr, "reject_score = 10.0"))
+		if s.network != "unix" || s.addr != sock {
+			t.Errorf("%s: network %q addr %q", addr, s.network, s.addr)
+		}
+	}
+	s = mustNew(t, opts("[::1]:783", `timeout = "2s"`, "max_size = 1000", `user = "spam"`,
+		`subject_prefix = " [SPAM] "`, "quarantine_score = 8", "reject_score = 15.5"))
+	if s.timeout != 2*time.Second || s.maxSize != 1000 || s.user != "spam" || s.prefix != "[SPAM]" || s.quarantine != 8 || s.reject != 15.5 {
+		t.Errorf("options: %+v", s)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	tests := []struct {
+		name, src, field, msg string
+	}{
+		{"no address", "[options]\nadd_header = true\n", "address", "is required"},
+		{"bad address", opts("localhost", "add_header = true"), "address", "not host:port"},
+		{"bad port", opts("localhost:99999", "add_header = true"), "address", "port"},
+		{"relative socket", opts("unix:spamd.sock", "add_header = true"), "address", "absolute"},
+		{"no action", opts("127.0.0.1:783"), "add_header", "is required"},
+		{"bad timeout", opts("127.0.0.1:783", "add_header = true", `timeout = "soon"`), "timeout", "not a duration"},
+		{"zero timeout", opts("127.0.0.1:783", "add_header = true", `timeout = "0s"`), "timeout", "not a duration"},
+		{"negative size", opts("127.0.0.1:783", "add_header = true", "max_size = -1"), "max_size", "not between"},
+		{"huge size", opts("127.0.0.1:783", "add_header = true", "max_size = 1073741824"), "max_size", "not between"},
+		{"user with space", opts("127.0.0.1:783", "add_header = true", `user = "a b"`), "user", "0x20"},
+		{"user with CRLF", opts("127.0.0.1:783", "add_header = true", `user = "a\r\nSpam: x"`), "user", "0x0d"},
+		{"prefix non-ASCII", opts("127.0.0.1:783", `subject_prefix = "[PUBLICITÉ]"`), "subject_prefix", "printable US-ASCII"},
+		{"negative reject", opts("127.0.0.1:783", "reject_score = -1.0"), "reject_score", "not a score"},
+		{"nan quarantine", opts("127.0.0.1:783", "quarantine_score = nan"), "quarantine_score", "not a score"},
+		{"quarantine above reject", opts("127.0.0.1:783", "quarantine_score = 10.0", "reject_score = 8.0"), "quarantine_score", "never apply"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(optiontest.Decoder(t, tt.src))
+			var fe *opes.FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("err = %v, want a FieldError on %s containing %q", err, tt.field, tt.msg)
+			}
+		})
+	}
+	if _, err := New(optiontest.Decoder(t, "[options]\naddress = 783\n")); err == nil || !strings.Contains(err.Error(), "spamd: decode options") {
+		t.Errorf("wrong type: err = %v", err)
+	}
+}
+
+// message is a test transaction as the processor builds it.
+type message struct {
+	header [][2]string // values as the MTA sends them, with leading space
+	body   string
+	conn   opes.Connection
+	sender string
+}
+
+// storingProcessor returns a processor whose policy has svc in a rule,
+// so that it stores the body; the tests that call the service directly
+// never reach the rule's stage.
+func storingProcessor(t *testing.T, svc opes.Service) *opes.Processor {
+	t.Helper()
+	spec := &opes.ServiceSpec{Name: "spam", Kind: "spamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: svc}
+	p, err := opes.NewProcessor(&opes.Policy{
+		System:   opes.System{URI: sysURI},
+		Services: []*opes.ServiceSpec{spec},
+		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func hamMessage() message {
+	return message{
+		header: [][2]string{
+			{"From", " Alice <alice@example.org>"}, {"To", " bob@example.net"}, {"Subject", " lunch"},
+			{"Message-ID", " <20261125120000.4711@mail.example.org>"}, {"Date", " " + time.Now().Format(time.RFC1123Z)},
+		},
+		body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
+		conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org"},
+		sender: "alice@example.org",
+	}
+}
+
+func gtubeMessage() message {
+	m := hamMessage()
+	m.header[2][1] = " gtube"
+	m.body = "This is the GTUBE.\r\n" + gtube + "\r\n"
+	return m
+}
+
+// run drives the message through a Session up to the end of message and
+// calls the service directly, so the verdict and the header can be
+// checked without a policy.
+func (m message) run(t *testing.T, svc opes.Service) (opes.Verdict, *opes.Header, error) {
+	t.Helper()
+	p := storingProcessor(t, svc)
+	s := p.NewSession()
+	t.Cleanup(s.Close)
+	*s.Conn() = m.conn
+	tx := s.Transaction()
+	tx.Sender = &opes.Address{Addr: m.sender}
+	tx.Recipients = []*opes.Recipient{{Address: opes.Address{Addr: "bob@example.net"}}}
+	for _, f := range m.header {
+		s.Header(f[0], f[1])
+	}
+	if o := s.BodyChunk([]byte(m.body)); o != nil {
+		t.Fatalf("BodyChunk: %+v", o)
+	}
+	stx := svc.Begin(tx)
+	defer stx.Close()
+	v, err := stx.EndOfMessage(context.Background())
+	return v, tx.Header, err
+}
+
+func TestGTUBE(t *testing.T) {
+	tcp, sock := needSpamd(t)
+	for _, addr := range []string{tcp, sock, "unix:" + sock} {
+		t.Run(addr, func(t *testing.T) {
+			s := mustNew(t, opts(addr, "add_header = true"))
+			m := gtubeMessage()
+			sess := storingProcessor(t, s).NewSession()
+			defer sess.Close()
+			*sess.Conn() = m.conn
+			tx := sess.Transaction()
+			tx.Sender = &opes.Address{Addr: m.sender}
+			for _, f := range m.header {
+				sess.Header(f[0], f[1])
+			}
+			sess.BodyChunk([]byte(m.body))
+			head := envelopeLines(tx, time.Now()) + opes.FormatHeader(tx.Header.Fields()) + "\r\n"
+			res, err := s.check(context.Background(), head, tx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Spam || res.Score < 1000 || res.Required != 5 || !contains(res.Symbols, "GTUBE") {
+				t.Errorf("result = %+v, want spam with GTUBE", res)
+			}
+		})
+	}
+}
+
+func TestHam(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	s := mustNew(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`, "quarantine_score = 4", "reject_score = 5"))
+	v, h, err := hamMessage().run(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Kind != opes.Continue || v.Action != "header-added" {
+		t.Errorf("verdict = %+v", v)
+	}
+	t.Logf("%s: %s", FieldStatus, h.Get(FieldStatus))
+	if st := h.Get(FieldStatus); !strings.HasPrefix(st, "No, score=") || !strings.Contains(st, "required=5.0") {
+		t.Errorf("%s = %q", FieldStatus, st)
+	}
+	if got := h.Get("Subject"); got != "lunch" {
+		t.Errorf("ham subject changed to %q", got)
+	}
+}
+
+func TestActions(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	tests := []struct {
+		name    string
+		extra   []string
+		kind    opes.VerdictKind
+		action  string
+		subject string
+		header  bool
+	}{
+		{"header", []string{"add_header = true"}, opes.Continue, "header-added", "gtube", true},
+		{"subject", []string{`subject_prefix = "[SPAM]"`}, opes.Continue, "tagged", "[SPAM] gtube", false},
+		{"header and subject", []string{"add_header = true", `subject_prefix = "[SPAM]"`}, opes.Continue, "tagged", "[SPAM] gtube", true},
+		{"quarantine", []string{"add_header = true", "quarantine_score = 20.0"}, opes.Quarantine, "quarantined", "gtube", true},
+		{"quarantine below its score", []string{"add_header = true", "quarantine_score = 2000.0"}, opes.Continue, "header-added", "gtube", true},
+		{"reject", []string{"add_header = true", `subject_prefix = "[SPAM]"`, "reject_score = 5"}, opes.Reject, "rejected", "gtube", false},
+		{"reject beats quarantine", []string{"quarantine_score = 5", "reject_score = 10"}, opes.Reject, "rejected", "gtube", false},
+		{"quarantine only up to reject", []string{"quarantine_score = 5", "reject_score = 5000"}, opes.Quarantine, "quarantined", "gtube", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, h, err := gtubeMessage().run(t, mustNew(t, opts(tcp, tt.extra...)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Kind != tt.kind || v.Action != tt.action {
+				t.Errorf("verdict = %+v, want %v/%s", v, tt.kind, tt.action)
+			}
+			if got := h.Get("Subject"); got != tt.subject {
+				t.Errorf("Subject = %q, want %q", got, tt.subject)
+			}
+			st := h.Get(FieldStatus)
+			if tt.header != (st != "") {
+				t.Fatalf("%s = %q, header expected %v", FieldStatus, st, tt.header)
+			}
+			if tt.header && (!strings.HasPrefix(st, "Yes, score=10") || !strings.Contains(st, " required=5.0\ttests=") || !strings.Contains(st, "GTUBE") || !strings.HasPrefix(h.Get(FieldScore), "10")) {
+				t.Errorf("%s = %q, %s = %q", FieldStatus, st, FieldScore, h.Get(FieldScore))
+			}
+			if v.Kind == opes.Reject && (v.Reply.Enhanced != "5.7.1" || !strings.HasPrefix(v.Reply.Text, "Message refused as spam (score 10")) {
+				t.Errorf("reply = %+v", v.Reply)
+			}
+		})
+	}
+}
+
+// TestSubjectNotTwice: a message that passes a second time (a forward,
+// a second MX) keeps a single prefix, and forged X-Spam-* fields are
+// replaced, not kept next to ours.
+func TestSubjectNotTwice(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	m := gtubeMessage()
+	m.header[2][1] = " [spam] gtube"
+	m.header = append(m.header, [2]string{FieldStatus, " No, score=-100"}, [2]string{FieldScore, " -100"})
+	v, h, err := m.run(t, mustNew(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Action != "header-added" || h.Get("Subject") != "[spam] gtube" {
+		t.Errorf("verdict %+v, Subject %q", v, h.Get("Subject"))
+	}
+	if st := h.Values(FieldStatus); len(st) != 1 || !strings.HasPrefix(st[0], "Yes") {
+		t.Errorf("%s = %q", FieldStatus, st)
+	}
+	if sc := h.Values(FieldScore); len(sc) != 1 || !strings.HasPrefix(sc[0], "10") {
+		t.Errorf("%s = %q", FieldScore, sc)
+	}
+}
+
+func TestUser(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	// -x disables per-user configuration, so spamd accepts any name and
+	// applies the site rules: this checks the request line is accepted.
+	v, _, err := gtubeMessage().run(t, mustNew(t, opts(tcp, `user = "nobody"`, "reject_score = 5")))
+	if err != nil || v.Kind != opes.Reject {
+		t.Fatalf("verdict %+v, err %v", v, err)
+	}
+}
+
+// TestOversize: a message above max_size is delivered unscanned without
+// contacting spamd at all (the address is not even reachable).
+func TestOversize(t *testing.T) {
+	s := mustNew(t, opts(deadAddr(t), "max_size = 1000", "reject_score = 5", "add_header = true"))
+	m := gtubeMessage()
+	m.body = strings.Repeat("filler line to make the message big\r\n", 40) + gtube + "\r\n"
+	v, h, err := m.run(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Kind != opes.Continue || v.Action != "analyzed" || !strings.Contains(v.Reason, "max_size") || h.Get(FieldStatus) != "" {
+		t.Errorf("verdict = %+v, status %q", v, h.Get(FieldStatus))
+	}
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestUnreachable(t *testing.T) {
+	for _, addr := range []string{deadAddr(t), filepath.Join(t.TempDir(), "none.sock")} {
+		_, _, err := gtubeMessage().run(t, mustNew(t, opts(addr, "reject_score = 5")))
+		if err == nil || !strings.Contains(err.Error(), "connect") {
+			t.Errorf("%s: err = %v, want a connect error", addr, err)
+		}
+	}
+}
+
+// TestTimeout: a listener that accepts and never answers must not hold
+// the message longer than the timeout.
+func TestTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, silent, until the test ends
+		}
+	}()
+	start := time.Now()
+	_, _, err = gtubeMessage().run(t, mustNew(t, opts(l.Addr().String(), `timeout = "300ms"`, "reject_score = 5")))
+	took := time.Since(start)
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "no answer within 300ms") {
+		t.Errorf("err = %v, want a timeout", err)
+	}
+	if took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("took %v for a 300ms timeout", took)
+	}
+}
+
+// TestCancel: the MTA going away (a cancelled context) ends the exchange
+// at once.
+func TestCancel(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			time.Sleep(5 * time.Second)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	s := mustNew(t, opts(l.Addr().String(), "reject_score = 5"))
+	tx := &opes.Transaction{Conn: &opes.Connection{}, Header: opes.NewHeader(), Body: opes.NewBody(opes.BodyOptions{})}
+	start := time.Now()
+	if _, err := s.Begin(tx).EndOfMessage(ctx); err == nil {
+		t.Fatal("no error")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v after cancel at 200ms", took)
+	}
+}
+
+// TestProcessor runs the service in the real pipeline, as a policy rule
+// enables it.
+func TestProcessor(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	t.Run("reject", func(t *testing.T) {
+		o, _ := runPipeline(t, opts(tcp, "reject_score = 5"), gtubeMessage())
+		if o.Kind != opes.Reject || o.Reply == nil {
+			t.Fatalf("outcome %+v", o)
+		}
+		r := o.Reply.String()
+		for _, want := range []string{"554-5.7.1 Message refused as spam (score 10", "554-5.7.1", "svc/spam; action=rejected"} {
+			if !strings.Contains(r, want) {
+				t.Errorf("reply lacks %q:\n%s", want, r)
+			}
+		}
+	})
+	t.Run("header", func(t *testing.T) {
+		m := gtubeMessage()
+		o, in := runPipeline(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`), m)
+		if o.Kind != opes.Continue {
+			t.Fatalf("outcome %+v", o)
+		}
+		got := opes.FormatHeader(opes.ApplyChanges(in, o.HeaderChanges))
+		for _, want := range []string{
+			"svc/spam; action=tagged\r\n", "Subject: [SPAM] gtube\r\n", "X-Spam-Score: 10", "X-Spam-Status: Yes, score=10", " required=5.0\r\n\ttests=", "GTUBE",
+		} {
+			if !strings.Contains(got, want) {
+				t.Errorf("delivered header lacks %q:\n%s", want, got)
+			}
+		}
+		for _, line := range strings.Split(got, "\r\n") {
+			if len(line) > maxLine {
+				t.Errorf("line of %d octets", len(line))
+			}
+		}
+	})
+}
+
+func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.HeaderField) {
+	t.Helper()
+	spec := &opes.ServiceSpec{Name: "spam", Kind: "spamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: mustNew(t, src)}
+	p, err := opes.NewProcessor(&opes.Policy{
+		System:   opes.System{URI: sysURI},
+		Services: []*opes.ServiceSpec{spec},
+		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s := p.NewSession()
+	t.Cleanup(s.Close)
+	*s.Conn() = m.conn
+	s.Connect(ctx)
+	s.Helo(ctx, m.conn.Helo)
+	s.Mail(ctx, opes.Address{Addr: m.sender})
+	s.Rcpt(ctx, opes.Address{Addr: "bob@example.net"})
+	s.Data(ctx)
+	var in []opes.HeaderField
+	for _, f := range m.header {
+		s.Header(f[0], f[1])
+		in = append(in, opes.HeaderField{Name: f[0], Value: f[1]})
+	}
+	s.EndOfHeaders(ctx)
+	s.BodyChunk([]byte(m.body))
+	return s.EndOfMessage(ctx, "4XyZ1Q"), in
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
