@@ -9,9 +9,13 @@
 package match
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -40,6 +44,15 @@ type Spec struct {
 	RecipientRegex  []string `toml:"recipient_regex"`  // like sender_regex
 	Header          []string `toml:"header"`           // "Name: regex"; "Name:" alone = the field is present
 	SizeOver        int64    `toml:"size_over"`        // body larger than this many octets; 0 = no size condition
+
+	// Lookup lists: files with one entry per line ('#' starts a comment),
+	// added to the list of the same name. They are read when the policy
+	// is loaded, so SIGHUP picks up their changes.
+	ClientFile          string `toml:"client_file"`
+	SenderFile          string `toml:"sender_file"`
+	SenderDomainFile    string `toml:"sender_domain_file"`
+	RecipientFile       string `toml:"recipient_file"`
+	RecipientDomainFile string `toml:"recipient_domain_file"`
 }
 
 // Condition is a compiled Spec. It implements opes.Matcher. The zero
@@ -84,6 +97,36 @@ type headerCond struct {
 // Compile checks and compiles s. Errors are *opes.FieldError whose Field
 // is the TOML key with a 1-based index, e.g. "client[2]".
 func Compile(s Spec) (*Condition, error) {
+	for _, lf := range []struct {
+		key  string
+		path string
+		list *[]string
+	}{
+		{"client_file", s.ClientFile, &s.Client},
+		{"sender_file", s.SenderFile, &s.Sender},
+		{"sender_domain_file", s.SenderDomainFile, &s.SenderDomain},
+		{"recipient_file", s.RecipientFile, &s.Recipient},
+		{"recipient_domain_file", s.RecipientDomainFile, &s.RecipientDomain},
+	} {
+		if lf.path == "" {
+			continue
+		}
+		entries, err := readList(lf.path)
+		if err != nil {
+			return nil, &opes.FieldError{Field: lf.key, Err: err}
+		}
+		// Check each entry alone first, so an error names its line.
+		base := len(*lf.list)
+		*lf.list = append(append([]string(nil), (*lf.list)...), entryValues(entries)...)
+		if err := checkListEntries(lf.key, lf.path, entries, base, *lf.list); err != nil {
+			return nil, err
+		}
+	}
+	return compileLists(s)
+}
+
+// compileLists compiles the inline lists of s (files already merged).
+func compileLists(s Spec) (*Condition, error) {
 	c := &Condition{authenticated: s.Authenticated, tls: s.TLS}
 	for i, v := range s.Client {
 		p, err := parseClient(v)
@@ -574,4 +617,92 @@ func (c *Condition) requirements() []requirement {
 	add(len(c.header) > 0, "header", opes.StageHeaders)
 	add(c.sizeOver > 0, "size_over", opes.StageEOM)
 	return out
+}
+
+// listEntry is one line of a lookup list file.
+type listEntry struct {
+	line  int
+	value string
+}
+
+// Bounds of a lookup list: a typo pointing at a huge file must fail fast.
+const (
+	maxListBytes   = 64 << 20
+	maxListEntries = 1 << 20
+)
+
+// readList reads a lookup list: one entry per line, '#' comments, blank
+// lines ignored.
+func readList(path string) ([]listEntry, error) {
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("%q is not an absolute path", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []listEntry
+	sc := bufio.NewScanner(io.LimitReader(f, maxListBytes+1))
+	sc.Buffer(make([]byte, 4096), 4096)
+	n, read := 0, 0
+	for sc.Scan() {
+		n++
+		read += len(sc.Bytes()) + 1
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		if len(out) == maxListEntries {
+			return nil, fmt.Errorf("%s: more than %d entries", path, maxListEntries)
+		}
+		out = append(out, listEntry{line: n, value: line})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", path, n+1, err)
+	}
+	if read > maxListBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxListBytes)
+	}
+	return out, nil
+}
+
+func entryValues(es []listEntry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.value
+	}
+	return out
+}
+
+// checkListEntries compiles the list with the file's entries and, on an
+// error in one of them, reports it as path:line.
+func checkListEntries(key, path string, entries []listEntry, base int, list []string) error {
+	var probe Spec
+	switch key {
+	case "client_file":
+		probe.Client = list
+	case "sender_file":
+		probe.Sender = list
+	case "sender_domain_file":
+		probe.SenderDomain = list
+	case "recipient_file":
+		probe.Recipient = list
+	case "recipient_domain_file":
+		probe.RecipientDomain = list
+	}
+	_, err := compileLists(probe)
+	var fe *opes.FieldError
+	if err == nil || !errors.As(err, &fe) {
+		return err
+	}
+	var idx int
+	if _, scanErr := fmt.Sscanf(fe.Field[strings.IndexByte(fe.Field, '[')+1:], "%d]", &idx); scanErr != nil || idx <= base {
+		return err // an inline value: reported under its own key
+	}
+	e := entries[idx-base-1]
+	return &opes.FieldError{Field: key, Err: fmt.Errorf("%s:%d: %w", path, e.line, fe.Err)}
 }
