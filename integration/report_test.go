@@ -3,10 +3,13 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,12 +21,27 @@ import (
 // refused recipient, addresses reduced to their domain as configured.
 func TestTransactionRecordsThroughPostfix(t *testing.T) {
 	t.Parallel()
-	records := filepath.Join(TempDir(t), "tx.jsonl")
+	dir := TempDir(t)
+	records, incidents := filepath.Join(dir, "tx.jsonl"), filepath.Join(dir, "incidents.jsonl")
+	var mu sync.Mutex
+	var hooked []opes.TransactionRecord
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var rec opes.TransactionRecord
+		if err := json.NewDecoder(r.Body).Decode(&rec); err != nil {
+			t.Errorf("webhook body: %v", err)
+		}
+		mu.Lock()
+		hooked = append(hooked, rec)
+		mu.Unlock()
+	}))
+	defer hook.Close()
 	policy := `
 [system]
 uri = "` + itSystem + `"
 [report]
 transactions = "` + records + `"
+incidents = "` + incidents + `"
+webhook = "` + hook.URL + `"
 addresses = "domain"
 measure_size = true
 [[service]]
@@ -46,16 +64,39 @@ run = ["access"]
 	dr, _ := tr.DataReply()
 	qid := regexp.MustCompile(`queued as ([0-9A-Za-z]+)`).FindStringSubmatch(dr.Raw)
 	sink.WaitDump(t, HasHeader("Subject", "recorded"), 10*time.Second)
+	// A clean message: a record, but no incident.
+	if tr := SendMail(t, addr, "alice@example.org", []string{"bob@example.net"}, message("clean")); !tr.Accepted() {
+		t.Fatalf("clean message:\n%s", tr)
+	}
+	sink.WaitDump(t, HasHeader("Subject", "clean"), 10*time.Second)
 
 	var recs []opes.TransactionRecord
 	deadline := time.Now().Add(5 * time.Second)
-	for len(recs) == 0 && time.Now().Before(deadline) {
+	for len(recs) < 2 && time.Now().Before(deadline) {
 		recs = readRecords(t, records)
 		time.Sleep(50 * time.Millisecond)
 	}
-	if len(recs) != 1 {
-		t.Fatalf("%d records, want 1", len(recs))
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
 	}
+	// Only the transaction with the refused recipient is an incident, in
+	// the incidents file and at the webhook.
+	if inc := readRecords(t, incidents); len(inc) != 1 || inc[0].TraceID != recs[0].TraceID {
+		t.Errorf("incidents %+v", inc)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		n := len(hooked)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	mu.Lock()
+	if len(hooked) != 1 || hooked[0].TraceID != recs[0].TraceID || hooked[0].Sender != "@example.org" {
+		t.Errorf("webhook got %+v", hooked)
+	}
+	mu.Unlock()
 	r := recs[0]
 	if qid == nil || r.QueueID != qid[1] {
 		t.Errorf("queue id %q, reply %v", r.QueueID, qid)

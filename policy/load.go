@@ -19,7 +19,7 @@ var (
 	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail"}
 	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
 	adminKeys   = []string{"listen", "allow_remote"}
-	reportKeys  = []string{"transactions", "addresses", "measure_size"}
+	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
 	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "on_error", "options"}
 	ruleKeys    = []string{"name", "stage", "run", "verdict", "reply", "code", "enhanced", "reason", "when"}

@@ -65,6 +65,13 @@ type Report struct {
 	// MeasureSize asks the MTA for the body to count message sizes even
 	// when no service reads it (costs a little throughput).
 	MeasureSize bool
+	// Incidents is a JSON-lines file of the records of refused and held
+	// transactions only; empty disables it.
+	Incidents string
+	// Webhook receives the same incident records as HTTP POSTs; empty
+	// disables it.
+	Webhook        string
+	WebhookTimeout time.Duration
 }
 
 // Admin holds the settings of the HTTP admin listener (/healthz,

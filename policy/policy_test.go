@@ -79,7 +79,8 @@ func TestLoadFull(t *testing.T) {
 	if cfg.Admin.Listen != "127.0.0.1:10029" {
 		t.Errorf("Admin = %+v", cfg.Admin)
 	}
-	if cfg.Report != (Report{Transactions: "/var/log/opes-milter/transactions.jsonl", Addresses: "domain", MeasureSize: true}) {
+	if cfg.Report != (Report{Transactions: "/var/log/opes-milter/transactions.jsonl", Addresses: "domain", MeasureSize: true,
+		Incidents: "/var/log/opes-milter/incidents.jsonl", Webhook: "https://siem.example.net/hooks/opes", WebhookTimeout: 3 * time.Second}) {
 		t.Errorf("Report = %+v", cfg.Report)
 	}
 	p := cfg.Policy

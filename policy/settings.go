@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opesmilter/opes-milter/internal/sockspec"
 	"github.com/opesmilter/opes-milter/opes"
@@ -149,7 +150,7 @@ func (l *loader) milter(v any, m *Milter) {
 // reportSection reads [report].
 func (l *loader) reportSection(v any, r *Report) {
 	p := path{{key: "report"}}
-	*r = Report{Addresses: "full"}
+	*r = Report{Addresses: "full", WebhookTimeout: 5 * time.Second}
 	t, ok := l.table(v, p, reportKeys)
 	if !ok {
 		return
@@ -170,6 +171,21 @@ func (l *loader) reportSection(v any, r *Report) {
 	}
 	if b, ok := t.boolean("measure_size"); ok {
 		r.MeasureSize = b
+	}
+	if s, ok := t.str("incidents"); ok {
+		if s != "" && !filepath.IsAbs(s) {
+			l.errorf(p.key("incidents"), "%q is not an absolute path", s)
+		}
+		r.Incidents = s
+	}
+	if s, ok := t.str("webhook"); ok && s != "" {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			l.errorf(p.key("webhook"), "%q is not an absolute http or https URL", s)
+		}
+		r.Webhook = s
+	}
+	if d, ok := t.duration("webhook_timeout"); ok && d > 0 {
+		r.WebhookTimeout = d
 	}
 }
 

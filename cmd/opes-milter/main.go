@@ -96,21 +96,48 @@ func run(args []string, stderr io.Writer) int {
 		cfg.Admin.Listen = f.adminListen.value
 	}
 	mx := metrics.New()
-	var rep *report.Writer
-	if cfg.Report.Transactions != "" {
-		// The file is opened once; SIGHUP reopens it (log rotation). A
-		// changed path takes effect on restart.
-		rep, err = report.Open(cfg.Report.Transactions, report.Addresses(cfg.Report.Addresses),
-			func(err error) { log.Error("opes-milter: transaction record", "err", err) })
+	// Record files are opened once; SIGHUP reopens them (log rotation).
+	// Changed paths take effect on restart.
+	reportErr := func(err error) { log.Error("opes-milter: transaction record", "err", err) }
+	var reporters report.Multi
+	var files []*report.Writer
+	for _, f := range []struct {
+		path      string
+		incidents bool
+	}{{cfg.Report.Transactions, false}, {cfg.Report.Incidents, true}} {
+		if f.path == "" {
+			continue
+		}
+		w, err := report.Open(f.path, reportErr)
 		if err != nil {
 			fmt.Fprintln(stderr, "opes-milter:", err)
 			return 1
 		}
-		defer rep.Close()
+		defer w.Close()
+		files = append(files, w)
+		if f.incidents {
+			reporters = append(reporters, report.Incidents{Next: w})
+		} else {
+			reporters = append(reporters, w)
+		}
+	}
+	if cfg.Report.Webhook != "" {
+		wh := report.NewWebhook(cfg.Report.Webhook, cfg.Report.WebhookTimeout, reportErr)
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.Report.WebhookTimeout)
+			defer cancel()
+			if err := wh.Close(ctx); err != nil {
+				log.Warn("opes-milter: incident webhook", "err", err)
+			}
+		}()
+		reporters = append(reporters, report.Incidents{Next: wh})
 	}
 	procOpts := func(c *policy.Config) []opes.Option {
 		opts := []opes.Option{opes.WithMetrics(mx)}
-		if rep != nil {
+		if len(reporters) > 0 {
+			// The address level of the running file applies: like the
+			// record files, it changes on restart.
+			rep := report.Redact{Level: report.Addresses(cfg.Report.Addresses), Next: reporters}
 			opts = append(opts, opes.WithReporter(rep, c.Report.MeasureSize))
 		}
 		return opts
@@ -173,8 +200,8 @@ func run(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				if rep != nil {
-					if err := rep.Reopen(); err != nil {
+				for _, w := range files {
+					if err := w.Reopen(); err != nil {
 						log.Error("opes-milter: reopen transaction records", "err", err)
 					}
 				}

@@ -34,11 +34,41 @@ func ParseAddresses(s string) (Addresses, error) {
 	return "", fmt.Errorf("addresses %q: want full, domain or none", s)
 }
 
+// Redact reduces the envelope addresses of records to the configured
+// level before passing them on; every reporter sits behind it.
+type Redact struct {
+	Level Addresses
+	Next  opes.Reporter
+}
+
+// Report implements opes.Reporter. The caller's record is not changed.
+func (r Redact) Report(rec *opes.TransactionRecord) {
+	if r.Level == AddressesFull || r.Level == "" {
+		r.Next.Report(rec)
+		return
+	}
+	c := *rec
+	c.Sender = r.address(c.Sender)
+	c.Recipients = make([]opes.RecipientInfo, len(rec.Recipients))
+	for i, rc := range rec.Recipients {
+		c.Recipients[i] = opes.RecipientInfo{Addr: r.address(rc.Addr), Refused: rc.Refused}
+	}
+	r.Next.Report(&c)
+}
+
+func (r Redact) address(a string) string {
+	if r.Level == AddressesDomain {
+		if i := strings.LastIndexByte(a, '@'); i >= 0 {
+			return a[i:]
+		}
+	}
+	return ""
+}
+
 // Writer appends records to a file. It is safe for concurrent use.
 type Writer struct {
-	path      string
-	addresses Addresses
-	onError   func(error)
+	path    string
+	onError func(error)
 
 	mu sync.Mutex
 	f  *os.File
@@ -46,8 +76,8 @@ type Writer struct {
 
 // Open opens (creating, mode 0640) the file for appending. onError is
 // told about write failures, which never hold up mail.
-func Open(path string, addresses Addresses, onError func(error)) (*Writer, error) {
-	w := &Writer{path: path, addresses: addresses, onError: onError}
+func Open(path string, onError func(error)) (*Writer, error) {
+	w := &Writer{path: path, onError: onError}
 	if err := w.Reopen(); err != nil {
 		return nil, err
 	}
@@ -85,13 +115,7 @@ func (w *Writer) Close() error {
 
 // Report implements opes.Reporter.
 func (w *Writer) Report(rec *opes.TransactionRecord) {
-	r := *rec
-	r.Sender = w.address(r.Sender)
-	r.Recipients = make([]opes.RecipientInfo, len(rec.Recipients))
-	for i, rc := range rec.Recipients {
-		r.Recipients[i] = opes.RecipientInfo{Addr: w.address(rc.Addr), Refused: rc.Refused}
-	}
-	line, err := json.Marshal(&r)
+	line, err := json.Marshal(rec)
 	if err != nil {
 		w.onError(fmt.Errorf("report: encode: %w", err))
 		return
@@ -107,17 +131,4 @@ func (w *Writer) Report(rec *opes.TransactionRecord) {
 	if _, err := w.f.Write(line); err != nil {
 		w.onError(fmt.Errorf("report: write %s: %w", w.path, err))
 	}
-}
-
-func (w *Writer) address(a string) string {
-	switch w.addresses {
-	case AddressesNone:
-		return ""
-	case AddressesDomain:
-		if i := strings.LastIndexByte(a, '@'); i >= 0 {
-			return a[i:]
-		}
-		return ""
-	}
-	return a
 }

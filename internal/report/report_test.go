@@ -41,11 +41,11 @@ func TestWriterPrivacyAndReopen(t *testing.T) {
 	}
 	for mode, w := range want {
 		path := filepath.Join(dir, string(mode)+".jsonl")
-		wr, err := Open(path, mode, func(err error) { t.Error(err) })
+		wr, err := Open(path, func(err error) { t.Error(err) })
 		if err != nil {
 			t.Fatal(err)
 		}
-		wr.Report(rec)
+		Redact{Level: mode, Next: wr}.Report(rec)
 		_ = wr.Close()
 		got := readLines(t, path)
 		if len(got) != 1 || got[0].Sender != w[0] || got[0].Recipients[0].Addr != w[1] || got[0].Recipients[1].Addr != w[2] ||
@@ -59,7 +59,7 @@ func TestWriterPrivacyAndReopen(t *testing.T) {
 
 	// Rotation: the file is moved away, Reopen starts a new one.
 	path := filepath.Join(dir, "rot.jsonl")
-	wr, err := Open(path, AddressesFull, func(err error) { t.Error(err) })
+	wr, err := Open(path, func(err error) { t.Error(err) })
 	if err != nil {
 		t.Fatal(err)
 	}
