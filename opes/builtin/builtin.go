@@ -11,6 +11,7 @@ import (
 
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/acl"
+	"github.com/opesmilter/opes-milter/opes/checks"
 	"github.com/opesmilter/opes-milter/opes/clamav"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
@@ -23,6 +24,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 	switch kind {
 	case "acl":
 		return acl.New(decode)
+	case "checks":
+		return checks.New(decode)
 	case "clamav":
 		return clamav.New(decode)
 	case "spamd":
@@ -35,5 +38,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "clamav", "spamd", "tag"}
+	return []string{"acl", "checks", "clamav", "spamd", "tag"}
 }
