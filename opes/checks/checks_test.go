@@ -111,10 +111,10 @@ func TestFormatFindings(t *testing.T) {
 // runs the service from connect on; it stops at the first refusal and
 // returns that outcome, or the end-of-message one.
 type message struct {
-	client   string
-	helo     string
-	sender   string
-	from     []string
+	client string
+	helo   string
+	sender string
+	from   []string
 }
 
 func runMessage(t *testing.T, svc opes.Service, m message) (opes.Stage, *opes.Outcome) {
