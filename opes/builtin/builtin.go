@@ -11,6 +11,7 @@ import (
 
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/acl"
+	"github.com/opesmilter/opes-milter/opes/attachments"
 	"github.com/opesmilter/opes-milter/opes/checks"
 	"github.com/opesmilter/opes-milter/opes/clamav"
 	"github.com/opesmilter/opes-milter/opes/spamd"
@@ -24,6 +25,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 	switch kind {
 	case "acl":
 		return acl.New(decode)
+	case "attachments":
+		return attachments.New(decode)
 	case "checks":
 		return checks.New(decode)
 	case "clamav":
@@ -38,5 +41,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "checks", "clamav", "spamd", "tag"}
+	return []string{"acl", "attachments", "checks", "clamav", "spamd", "tag"}
 }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package attachments
+
+const slow = 1
