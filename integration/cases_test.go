@@ -121,7 +121,7 @@ var (
 		"policy": true, "milter": true, "mta": true, "set": true, "connect": false, ">": true, "|": false,
 		"<": true, "<...": false, "closed": false, "message": true, "from": true, "rcpt": true,
 		"field": true, "has": true, "lacks": true, "count": true, "trace": true, "raw": false,
-		"nomessage": true, "messages": true,
+		"nomessage": true, "messages": true, "body": true, "nobody": true,
 	}
 )
 
@@ -393,7 +393,7 @@ func (r *caseRun) do(l caseLine) {
 		re := r.regexp(l, l.arg)
 		d := r.sink.WaitDump(r.t, func(d Dump) bool { return re.MatchString(d.Header().Get("Subject")) }, 10*time.Second)
 		r.dump = &d
-	case "from", "rcpt", "field", "has", "lacks", "count", "trace", "raw":
+	case "from", "rcpt", "field", "has", "lacks", "count", "trace", "raw", "body", "nobody":
 		if r.dump == nil {
 			r.fatalf(l, "%s before any message line", l.kw)
 		}
@@ -690,6 +690,13 @@ func (r *caseRun) checkMessage(l caseLine) {
 		switch {
 		case l.kw == "has" && n == 0, l.kw == "lacks" && n > 0, l.kw == "count" && n != want:
 			r.errorf(l, "message %q: %d header field(s) match %s (%s)", subject, n, rx, l.kw)
+		}
+	case "body", "nobody":
+		// The body as delivered (LF line ends); (?m) lets ^ and $ match
+		// at line breaks.
+		rx := r.regexp(l, "(?s:.*)(?m:"+l.arg+")(?s:.*)")
+		if found := rx.Match(d.Body()); found != (l.kw == "body") {
+			r.errorf(l, "message %q: body %s %s:\n%s", subject, map[bool]string{true: "matches", false: "does not match"}[found], rx, d.Body())
 		}
 	case "trace":
 		a := strings.Fields(r.expand(l, l.arg, false))
