@@ -114,7 +114,8 @@ type Outcome struct {
 	Quarantine    string // reason; empty for none
 }
 
-var continueOutcome = &Outcome{Kind: Continue}
+// continueOutcome is a fresh "no objection" answer; callers may keep it.
+func continueOutcome() *Outcome { return &Outcome{Kind: Continue} }
 
 // Session is the processor's state for one SMTP connection: connection
 // facts and the current transaction.
@@ -439,7 +440,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		return o
 	}
 	if run.accepted {
-		return continueOutcome
+		return continueOutcome()
 	}
 	for _, a := range run.active {
 		if !a.spec.Impl.Needs().Stages.Has(st) {
@@ -479,7 +480,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 			break
 		}
 	}
-	return continueOutcome
+	return continueOutcome()
 }
 
 // rules evaluates the rules of stage rs while the dialog is at st: the
