@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/internal/optiontest"
 	"github.com/opesmilter/opes-milter/opes"
 )
@@ -178,7 +179,7 @@ func TestSanitizeSignature(t *testing.T) {
 
 // TestClient talks to the real clamd over both socket types.
 func TestClient(t *testing.T) {
-	for _, socket := range []string{shared.unix, shared.tcp} {
+	for _, socket := range []string{shared.Unix(), shared.TCP()} {
 		t.Run(strings.Split(socket, ":")[0], func(t *testing.T) {
 			c, err := NewClient(socket)
 			if err != nil {
@@ -226,7 +227,7 @@ func TestEndOfMessage(t *testing.T) {
 		{"clean, tag", "tag", msgClean, opes.Verdict{Kind: opes.Continue, Action: "analyzed"}, ""},
 		{"clean MIME, quarantine", "quarantine", mimeMessage([]byte("just a file\n")), opes.Verdict{Kind: opes.Continue, Action: "analyzed"}, ""},
 	}
-	for _, socket := range []string{shared.unix, shared.tcp} {
+	for _, socket := range []string{shared.Unix(), shared.TCP()} {
 		for _, tt := range tests {
 			t.Run(strings.Split(socket, ":")[0]+"/"+tt.name, func(t *testing.T) {
 				s := mustNew(t, opts(socket, `action = "`+tt.action+`"`))
@@ -255,7 +256,7 @@ func TestEndOfMessage(t *testing.T) {
 // the header really is part of the stream.
 func TestHeaderIsScanned(t *testing.T) {
 	m := message{header: append(append([][2]string{}, baseHeader...), [2]string{"X-Note", " " + token}), body: "clean\r\n"}
-	v, err := eom(t, mustNew(t, opts(shared.unix)), newTx(t, m))
+	v, err := eom(t, mustNew(t, opts(shared.Unix())), newTx(t, m))
 	if err != nil || v.Kind != opes.Reject || v.Reason != "virus "+tokenSig {
 		t.Errorf("verdict = %+v, %v; want reject for %s", v, err, tokenSig)
 	}
@@ -295,7 +296,7 @@ func TestOversize(t *testing.T) {
 	// At the limit exactly, the message is scanned.
 	tx := newTx(t, msgToken)
 	size := int64(len(formatHeader(tx.Header.Fields()))) + tx.Size()
-	s := mustNew(t, opts(shared.unix, "max_scan_size = "+itoa(size)))
+	s := mustNew(t, opts(shared.Unix(), "max_scan_size = "+itoa(size)))
 	if v, err := eom(t, s, tx); err != nil || v.Kind != opes.Reject {
 		t.Errorf("message of exactly max_scan_size: %+v, %v; want it scanned and rejected", v, err)
 	}
@@ -311,13 +312,13 @@ func TestClamdStreamLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer small.stop()
+	defer small.Stop()
 	big := message{header: baseHeader, body: strings.Repeat("0123456789abcdef\r\n", 200_000)} // 3.6 MB
 	for _, tt := range []struct {
 		oversize string
 		kind     opes.VerdictKind
 	}{{"reject", opes.Reject}, {"skip", opes.Continue}} {
-		s := mustNew(t, opts(small.unix, `oversize = "`+tt.oversize+`"`))
+		s := mustNew(t, opts(small.Unix(), `oversize = "`+tt.oversize+`"`))
 		v, err := eom(t, s, newTx(t, big))
 		if err != nil {
 			t.Fatalf("oversize=%s: %v", tt.oversize, err)
@@ -327,7 +328,7 @@ func TestClamdStreamLimit(t *testing.T) {
 		}
 	}
 	// The raw client reports it as ErrStreamTooLarge.
-	c, _ := NewClient(small.tcp)
+	c, _ := NewClient(small.TCP())
 	if _, err := c.Scan(context.Background(), strings.NewReader(big.body)); !errors.Is(err, ErrStreamTooLarge) {
 		t.Errorf("Scan over tcp: %v, want ErrStreamTooLarge", err)
 	}
@@ -336,7 +337,7 @@ func TestClamdStreamLimit(t *testing.T) {
 // killingReader kills clamd once the first chunk has been read, then
 // keeps producing data, as a message would.
 type killingReader struct {
-	d     *clamd
+	d     *enginetest.Clamd
 	left  int
 	fired bool
 }
@@ -347,7 +348,7 @@ func (r *killingReader) Read(p []byte) (int, error) {
 	}
 	if !r.fired && r.left < 4<<20 {
 		r.fired = true
-		r.d.kill()
+		r.d.Kill()
 	}
 	n := min(len(p), r.left)
 	for i := range n {
@@ -366,10 +367,10 @@ func TestClamdKilled(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer d.stop()
-			socket := d.unix
+			defer d.Stop()
+			socket := d.Unix()
 			if network == "tcp" {
-				socket = d.tcp
+				socket = d.TCP()
 			}
 			c, _ := NewClient(socket)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -490,7 +491,7 @@ func TestUnresponsive(t *testing.T) {
 
 // TestUnreachable: no clamd listening is an error at once.
 func TestUnreachable(t *testing.T) {
-	port, err := freePort()
+	port, err := enginetest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,7 +530,7 @@ func TestLargeMessage(t *testing.T) {
 	if !tx.Body.Spooled() {
 		t.Fatal("body not spooled")
 	}
-	s := mustNew(t, opts(shared.unix, "max_scan_size = "+itoa(64<<20), `timeout = "20s"`))
+	s := mustNew(t, opts(shared.Unix(), "max_scan_size = "+itoa(64<<20), `timeout = "20s"`))
 	var m0, m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
@@ -600,7 +601,7 @@ func TestProcessor(t *testing.T) {
 	}
 
 	t.Run("virus rejected", func(t *testing.T) {
-		o := run(t, opts(shared.unix), msgEicar)
+		o := run(t, opts(shared.Unix()), msgEicar)
 		if o.Kind != opes.Reject {
 			t.Fatalf("outcome %v, want reject", o.Kind)
 		}
@@ -614,14 +615,14 @@ func TestProcessor(t *testing.T) {
 		for _, f := range msgEicar.header {
 			m.header = append(m.header, [2]string{f[0], strings.TrimLeft(f[1], " ")})
 		}
-		o := run(t, opts(shared.unix), m)
+		o := run(t, opts(shared.Unix()), m)
 		if o.Kind != opes.Reject {
 			t.Fatalf("outcome %v, want reject", o.Kind)
 		}
 		wantReply(t, o, "Virus found: "+eicarSig)
 	})
 	t.Run("virus quarantined", func(t *testing.T) {
-		o := run(t, opts(shared.tcp, `action = "quarantine"`), msgToken)
+		o := run(t, opts(shared.TCP(), `action = "quarantine"`), msgToken)
 		if o.Kind != opes.Continue || o.Quarantine != "virus "+tokenSig {
 			t.Fatalf("outcome %v quarantine %q, want continue held as %q", o.Kind, o.Quarantine, "virus "+tokenSig)
 		}
@@ -630,7 +631,7 @@ func TestProcessor(t *testing.T) {
 		}
 	})
 	t.Run("virus tagged", func(t *testing.T) {
-		o := run(t, opts(shared.unix, `action = "tag"`), msgEicar)
+		o := run(t, opts(shared.Unix(), `action = "tag"`), msgEicar)
 		if o.Kind != opes.Continue || o.Quarantine != "" {
 			t.Fatalf("outcome %v quarantine %q, want continue", o.Kind, o.Quarantine)
 		}
@@ -639,7 +640,7 @@ func TestProcessor(t *testing.T) {
 		}
 	})
 	t.Run("clean delivered", func(t *testing.T) {
-		o := run(t, opts(shared.unix), msgClean)
+		o := run(t, opts(shared.Unix()), msgClean)
 		if o.Kind != opes.Continue || o.Quarantine != "" || hasChange(o, VirusField, "") {
 			t.Fatalf("outcome %+v, want a plain delivery", o)
 		}
@@ -655,7 +656,7 @@ func TestProcessor(t *testing.T) {
 		wantReply(t, o, "451-4.3.0 ", "svc/antivirus; action=analyzed; status=failed; bypassable=no")
 	})
 	t.Run("oversize rejected", func(t *testing.T) {
-		o := run(t, opts(shared.unix, "max_scan_size = 100"), msgClean)
+		o := run(t, opts(shared.Unix(), "max_scan_size = 100"), msgClean)
 		if o.Kind != opes.Reject {
 			t.Fatalf("outcome %v, want reject", o.Kind)
 		}

@@ -1,0 +1,154 @@
+// Package enginetest starts the content engines the tests scan with: a real
+// clamd and a real spamd, both offline, private to the caller, on free
+// loopback ports, in directories of their own. It is imported only by tests
+// (opes/clamav, opes/spamd and integration).
+package enginetest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Test patterns the engines recognise.
+const (
+	// EICAR is the standard antivirus test file; the test clamd knows it
+	// by MD5 as EicarSig.
+	EICAR = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+	// Token is found anywhere in a scanned file as TokenSig.
+	Token = "MILTER-TESTBED-VIRUS-TOKEN"
+
+	EicarSig = "Testbed.Eicar.MD5.UNOFFICIAL"
+	TokenSig = "Testbed.Token.UNOFFICIAL"
+
+	// GTUBE makes SpamAssassin score a message about 1000.
+	GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+)
+
+// The commands that install the engines, for the errors when one is missing.
+const (
+	ClamdAptHint = "apt-get install -y --no-install-recommends clamav-daemon (clamd is started by the tests, never as a system service)"
+	SpamdAptHint = "apt-get install -y --no-install-recommends spamassassin spamd spamc"
+)
+
+// binDirs are searched after $PATH: the daemons live in /usr/sbin, often
+// not on a user's PATH.
+var binDirs = []string{"/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin", "/bin"}
+
+// LookBin finds an executable by name in $PATH and then in the sbin/bin
+// directories; the error names the apt command that installs it.
+func LookBin(name, aptHint string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range binDirs {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found in $PATH or %s; install it with: %s", name, strings.Join(binDirs, ", "), aptHint)
+}
+
+// FreePort asks the kernel for an unused loopback port. Another process
+// could take it before the daemon binds; startup then fails with a clear log.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// workDir is opts' directory, or a new one (with a short path: unix socket
+// paths must stay under 108 octets) that the daemon's Stop removes.
+func workDir(dir, pattern string) (string, bool, error) {
+	if dir != "" {
+		return dir, false, nil
+	}
+	d, err := os.MkdirTemp("", pattern)
+	return d, true, err
+}
+
+// TailFile returns the last n lines of a file (for failure reports).
+func TailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logs joins the tails of the named files in dir.
+func logs(dir string, n int, files ...string) string {
+	var b strings.Builder
+	for _, f := range files {
+		fmt.Fprintf(&b, "--- %s\n%s\n", f, TailFile(filepath.Join(dir, f), n))
+	}
+	return b.String()
+}
+
+// daemon is a started process with its exit watched.
+type daemon struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	dir     string
+	ownsDir bool
+}
+
+// start runs cmd with its output in dir/outName.
+func (d *daemon) start(outName string) error {
+	out, err := os.Create(filepath.Join(d.dir, outName))
+	if err != nil {
+		return err
+	}
+	d.cmd.Stdout, d.cmd.Stderr = out, out
+	if err := d.cmd.Start(); err != nil {
+		out.Close()
+		return fmt.Errorf("start %s: %w", d.cmd.Path, err)
+	}
+	d.done = make(chan struct{})
+	go func() { _ = d.cmd.Wait(); _ = out.Close(); close(d.done) }()
+	return nil
+}
+
+func (d *daemon) exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, SIGKILL after grace, waits for the exit and removes
+// the directory when it made it. It may be called more than once.
+func (d *daemon) stop(grace time.Duration) {
+	if d.done != nil && !d.exited() {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.done:
+		case <-time.After(grace):
+			d.kill()
+		}
+	}
+	if d.ownsDir {
+		_ = os.RemoveAll(d.dir)
+	}
+}
+
+// kill stops the process at once, as a crash would, and waits for the exit.
+func (d *daemon) kill() {
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
