@@ -40,6 +40,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"net"
 	"os"
 	"os/exec"
@@ -442,17 +443,7 @@ func readFrom(path string, off int64) string {
 }
 
 // tailFile returns the last n lines of a file (for failure reports).
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tailFile(path string, n int) string { return enginetest.TailFile(path, n) }
 
 // readBanner connects to addr and returns the first line the server sends.
 func readBanner(addr string, timeout time.Duration) (string, error) {
