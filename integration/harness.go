@@ -40,7 +40,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"net"
 	"os"
 	"os/exec"
@@ -52,6 +51,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 )
 
 // PostfixUser is the unprivileged account the Postfix daemons and smtp-sink
