@@ -89,7 +89,7 @@ done
 mkdir -p "$doc"
 install -m 0644 packaging/copyright "$doc/copyright"
 install -m 0644 README.md "$doc/README.md"
-for f in configuration operations troubleshooting; do
+for f in configuration operations troubleshooting deployment profile decisions; do
 	if [ -f "docs/$f.md" ]; then
 		gzip -9n <"docs/$f.md" >"$doc/$f.md.gz"
 	fi
