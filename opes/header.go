@@ -1,7 +1,9 @@
 package opes
 
 import (
+	"errors"
 	"fmt"
+	"mime"
 	"strings"
 )
 
@@ -257,4 +259,56 @@ func FormatHeader(fields []HeaderField) string {
 		b.WriteString("\r\n")
 	}
 	return b.String()
+}
+
+// MarkSubject puts prefix in front of the first Subject field, or adds a
+// Subject that is just the prefix. The rest of the raw value, folding and
+// encoded words included, is kept byte for byte, so nothing the sender
+// wrote is re-encoded or lost. It reports false when the subject already
+// starts with the prefix (decoded from RFC 2047 if need be), so a message
+// that passes twice (a forward, a second MX) is not marked twice.
+func (h *Header) MarkSubject(prefix string) (bool, error) {
+	raw, found := "", false
+	for _, f := range h.fields {
+		if strings.EqualFold(f.Name, "Subject") {
+			raw, found = f.Value, true
+			break
+		}
+	}
+	if !found {
+		return true, h.Add("Subject", prefix)
+	}
+	subject := h.Get("Subject")
+	// A prefix inside an encoded word ("=?UTF-8?Q?[EXTERNAL]_Hi?=") counts;
+	// text that does not decode is compared as it is.
+	if d, err := new(mime.WordDecoder).DecodeHeader(subject); err == nil {
+		subject = d
+	}
+	if len(subject) >= len(prefix) && strings.EqualFold(subject[:len(prefix)], prefix) {
+		return false, nil
+	}
+	v := prefix
+	if rest := strings.TrimLeft(raw, " \t\r\n"); rest != "" {
+		v += " " + rest
+	}
+	return true, h.Set("Subject", v)
+}
+
+// CheckPrintable allows non-empty printable US-ASCII of at most max
+// octets: what a configured header value or Subject prefix may hold
+// (anything else would need RFC 2047 encoding, and CR or LF would start
+// a new header field).
+func CheckPrintable(v string, max int) error {
+	if v == "" {
+		return errors.New("is empty")
+	}
+	if len(v) > max {
+		return fmt.Errorf("is longer than %d octets", max)
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("has byte 0x%02x at offset %d: only printable US-ASCII is allowed", c, i)
+		}
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 package spamd
 
 import (
-	"mime"
 	"strings"
 	"time"
 
@@ -151,34 +150,4 @@ func fold(used int, words []string) string {
 		n += len(w)
 	}
 	return b.String()
-}
-
-// markSubject puts prefix in front of the first Subject field, or adds a
-// Subject that is just the prefix. The rest of the raw value is kept byte
-// for byte. It reports false when the subject already starts with the
-// prefix (decoded from RFC 2047 if need be), so a message scanned twice
-// (a forward, a second MX) is not marked twice.
-func markSubject(h *opes.Header, prefix string) (bool, error) {
-	raw, found := "", false
-	for _, f := range h.Fields() {
-		if strings.EqualFold(f.Name, "Subject") {
-			raw, found = f.Value, true
-			break
-		}
-	}
-	if !found {
-		return true, h.Add("Subject", prefix)
-	}
-	subject := h.Get("Subject")
-	if d, err := new(mime.WordDecoder).DecodeHeader(subject); err == nil {
-		subject = d
-	}
-	if len(subject) >= len(prefix) && strings.EqualFold(subject[:len(prefix)], prefix) {
-		return false, nil
-	}
-	v := prefix
-	if rest := strings.TrimLeft(raw, " \t\r\n"); rest != "" {
-		v += " " + rest
-	}
-	return true, h.Set("Subject", v)
 }

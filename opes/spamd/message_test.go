@@ -99,7 +99,7 @@ func TestMarkSubject(t *testing.T) {
 			s.Header("Subject", " "+tt.in)
 		}
 		h := s.Transaction().Header
-		if _, err := markSubject(h, "[SPAM]"); err != nil {
+		if _, err := h.MarkSubject("[SPAM]"); err != nil {
 			t.Fatal(err)
 		}
 		if got := h.Get("Subject"); got != tt.want {

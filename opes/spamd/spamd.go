@@ -127,7 +127,7 @@ func New(decode func(v any) error) (opes.Service, error) {
 	}
 	if o.SubjectPrefix != "" {
 		p := strings.TrimSpace(o.SubjectPrefix)
-		if err := checkText(p, maxPrefix); err != nil {
+		if err := opes.CheckPrintable(p, maxPrefix); err != nil {
 			return nil, &opes.FieldError{Field: "subject_prefix", Err: err}
 		}
 		s.prefix = p
@@ -190,23 +190,6 @@ func checkUser(u string) error {
 	return nil
 }
 
-// checkText allows printable US-ASCII only: anything else would need
-// RFC 2047 encoding, and CR or LF would start a new header field.
-func checkText(v string, max int) error {
-	if v == "" {
-		return errors.New("is empty")
-	}
-	if len(v) > max {
-		return fmt.Errorf("is longer than %d octets", max)
-	}
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c < 0x20 || c > 0x7e {
-			return fmt.Errorf("has byte 0x%02x at offset %d: only printable US-ASCII is allowed", c, i)
-		}
-	}
-	return nil
-}
-
 func (s *service) Needs() opes.Needs {
 	return opes.Needs{Stages: opes.StagesOf(opes.StageEOM), Headers: true, Body: true}
 }
@@ -259,7 +242,7 @@ func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 		action = "header-added"
 	}
 	if s.prefix != "" && res.Spam {
-		marked, err := markSubject(tx.Header, s.prefix)
+		marked, err := tx.Header.MarkSubject(s.prefix)
 		if err != nil {
 			return opes.Verdict{}, fmt.Errorf("spamd: mark subject: %w", err)
 		}

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"mime"
 	"strings"
 
 	"github.com/opesmilter/opes-milter/opes"
@@ -72,7 +71,7 @@ func New(decode func(v any) error) (opes.Service, error) {
 	}
 	if o.SubjectPrefix != "" {
 		p := strings.TrimSpace(o.SubjectPrefix)
-		if err := checkText(p, maxPrefix); err != nil {
+		if err := opes.CheckPrintable(p, maxPrefix); err != nil {
 			return nil, &opes.FieldError{Field: "subject_prefix", Err: err}
 		}
 		s.prefix = p
@@ -119,27 +118,10 @@ func parseHeader(h string) (name, value string, err error) {
 	if value == "" {
 		return "", "", fmt.Errorf("field %s has an empty value", name)
 	}
-	if err := checkText(value, maxLine-len(name)-2); err != nil {
+	if err := opes.CheckPrintable(value, maxLine-len(name)-2); err != nil {
 		return "", "", fmt.Errorf("field value %w", err)
 	}
 	return name, value, nil
-}
-
-// checkText allows printable US-ASCII only: anything else would need
-// RFC 2047 encoding, and CR or LF would start a new header field.
-func checkText(v string, max int) error {
-	if v == "" {
-		return errors.New("is empty")
-	}
-	if len(v) > max {
-		return fmt.Errorf("is longer than %d octets", max)
-	}
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c < 0x20 || c > 0x7e {
-			return fmt.Errorf("has byte 0x%02x at offset %d: only printable US-ASCII is allowed", c, i)
-		}
-	}
-	return nil
 }
 
 func (s *service) Needs() opes.Needs { return s.needs }
@@ -165,7 +147,7 @@ func (t *txState) EndOfMessage(context.Context) (opes.Verdict, error) {
 		action = "header-added"
 	}
 	if s.prefix != "" {
-		marked, err := markSubject(t.tx.Header, s.prefix)
+		marked, err := t.tx.Header.MarkSubject(s.prefix)
 		if err != nil {
 			return opes.Verdict{}, fmt.Errorf("tag: mark subject: %w", err)
 		}
@@ -174,47 +156,4 @@ func (t *txState) EndOfMessage(context.Context) (opes.Verdict, error) {
 		}
 	}
 	return opes.Verdict{Kind: opes.Continue, Action: action}, nil
-}
-
-// markSubject puts prefix in front of the first Subject field, or adds a
-// Subject that is just the prefix. The rest of the raw value, folding and
-// encoded words included, is kept byte for byte, so nothing the sender
-// wrote is re-encoded or lost. It reports false when the subject already
-// starts with the prefix, so a message that passes twice (a forward, a
-// second MX) is not marked twice.
-func markSubject(h *opes.Header, prefix string) (bool, error) {
-	raw, found := "", false
-	for _, f := range h.Fields() {
-		if strings.EqualFold(f.Name, "Subject") {
-			raw, found = f.Value, true
-			break
-		}
-	}
-	if !found {
-		return true, h.Add("Subject", prefix)
-	}
-	if hasPrefixFold(decodeSubject(h.Get("Subject")), prefix) {
-		return false, nil
-	}
-	rest := strings.TrimLeft(raw, " \t\r\n")
-	v := prefix
-	if rest != "" {
-		v += " " + rest
-	}
-	return true, h.Set("Subject", v)
-}
-
-// decodeSubject decodes RFC 2047 encoded words so a prefix inside one
-// ("=?UTF-8?Q?[EXTERNAL]_Hi?=") is recognised; text that does not decode
-// (an unknown charset, a malformed word) is compared as it is.
-func decodeSubject(v string) string {
-	d, err := new(mime.WordDecoder).DecodeHeader(v)
-	if err != nil {
-		return v
-	}
-	return d
-}
-
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
