@@ -19,6 +19,9 @@ func enginePolicy(name, kind string, options ...string) string {
 uri = "` + itSystem + `"
 privacy_url = "` + itSystem + `privacy"
 
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test"]
+
 [[service]]
 name = "` + name + `"
 kind = "` + kind + `"

@@ -19,7 +19,11 @@ func TestLookupListReloadedOnSIGHUP(t *testing.T) {
 	}
 	policy := `
 [system]
-uri = "` + itSystem + `"
+uri = "
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
+
+` + itSystem + `"
 privacy_url = "` + itSystem + `privacy"
 [[service]]
 name = "access"

@@ -21,6 +21,9 @@ const mtRefusePolicy = `
 [system]
 uri = "https://mx.mt.example/opes/"
 
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
+
 [[service]]
 name = "access"
 kind = "acl"
@@ -43,6 +46,9 @@ run = ["access"]
 const mtTagPolicy = `
 [system]
 uri = "https://mx.mt.example/opes/"
+
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
 
 [[service]]
 name = "external"

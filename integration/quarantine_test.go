@@ -11,6 +11,9 @@ const quarantinePolicy = `
 [system]
 uri = "https://mx.it.example/opes/"
 
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
+
 [[rule]]
 name = "hold"
 stage = "eom"

@@ -37,7 +37,11 @@ func TestTransactionRecordsThroughPostfix(t *testing.T) {
 	defer hook.Close()
 	policy := `
 [system]
-uri = "` + itSystem + `"
+uri = "
+[consent]
+recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
+
+` + itSystem + `"
 [report]
 transactions = "` + records + `"
 incidents = "` + incidents + `"

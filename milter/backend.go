@@ -153,6 +153,11 @@ func (b *backend) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 	ctx, cancel := withDeadline(contentDeadline)
 	defer cancel()
 	o := b.sess.EndOfMessage(ctx, m.Get(gomilter.MacroQueueId))
+	if o.Kind == opes.Discard {
+		// The processor made the message's fate durable first: a report
+		// is queued for the sender, or the original is in our quarantine.
+		return gomilter.RespDiscard, nil
+	}
 	if o.Kind != opes.Continue {
 		return respond(o)
 	}

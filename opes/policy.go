@@ -35,6 +35,11 @@ type System struct {
 	PrivacyURL  string // where the reply's last line points; default URI
 	Contact     string
 	TraceDetail TraceDetail
+
+	// Disclosure (PROFILE §6): shown on the system URI page.
+	Operator      string // who runs this system
+	PrivacyPolicy string // what is done with mail and trace data
+	Retention     string // what trace data is kept, and how long
 }
 
 // Matcher is a compiled rule condition. It is evaluated at the rule's
@@ -73,6 +78,12 @@ type Policy struct {
 	Services []*ServiceSpec
 	Rules    []*Rule
 	Limits   Limits
+	// Consent says whose mail services may act on (PROFILE §6). nil
+	// means every party consented, for policies built in code by an
+	// embedder that decides consent itself; the policy file loader always
+	// sets it, and an empty Consent means nobody: trace only.
+	Consent *Consent
+	Bypass  BypassPolicy
 }
 
 // Validate checks what the processor relies on. The policy package
@@ -158,6 +169,21 @@ func (p *Policy) Needs() Needs {
 		// stages are kept whole.
 		for _, s := range r.Run {
 			n = n.Union(s.Impl.Needs())
+		}
+	}
+	if len(p.Services) > 0 || len(p.Rules) > 0 {
+		if p.Consent != nil && !p.Consent.All {
+			// Consent is decided per recipient, and by sender.
+			n.Stages |= StagesOf(StageMail, StageRcpt)
+		}
+		for _, s := range p.Services {
+			if s.Bypassable && !s.RequiredForDelivery {
+				// Bypass requests: X-OPES-BYPASS on MAIL and RCPT,
+				// OPES-Bypass fields, and DKIM needs the whole message.
+				n.Stages |= StagesOf(StageMail, StageRcpt, StageHeaders)
+				n.Body = n.Body || len(p.Bypass.DKIMDomains) > 0
+				break
+			}
 		}
 	}
 	if n.Stages.Has(StageHeaders) {

@@ -2,15 +2,19 @@ package opes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/opesmilter/opes-milter/opes/bypass"
 )
 
 // Processor runs one policy. It is safe for concurrent use; each SMTP
@@ -24,6 +28,16 @@ type Processor struct {
 	reporter    Reporter
 	measureSize bool
 	storeBody   bool // some service or condition reads the body
+
+	matcher   *bypass.Matcher
+	prefs     Preferences
+	audit     Auditor
+	lookupTXT LookupTXT
+
+	ndr        NDRSubmitter
+	ndrCfg     NDRConfig
+	quarantine QuarantineStore
+	quarCfg    QuarantineConfig
 }
 
 // Metrics receives counts and timings from the processor; the daemon
@@ -68,11 +82,19 @@ func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor,
 	if p.Limits.MaxHeaderBytes <= 0 {
 		p.Limits.MaxHeaderBytes = 1 << 20
 	}
-	proc := &Processor{policy: p, log: log, newID: func() string { return ulid.Make().String() }, metrics: noMetrics{}}
+	proc := &Processor{policy: p, log: log, newID: func() string { return ulid.Make().String() }, metrics: noMetrics{},
+		lookupTXT: net.DefaultResolver.LookupTXT}
 	for _, o := range opts {
 		o(proc)
 	}
-	proc.storeBody = p.Needs().Body
+	uris := make([]string, 0, len(p.Services))
+	for _, s := range p.Services {
+		uris = append(uris, s.URI)
+	}
+	proc.matcher = bypass.NewMatcher(p.System.URI, uris, p.Bypass.UnknownAsAll)
+	// The body is kept when something reads it: a service, a condition,
+	// a DKIM check of OPES-Bypass, or the quarantine store.
+	proc.storeBody = p.Needs().Body || (proc.quarantine != nil && (len(p.Services) > 0 || len(p.Rules) > 0))
 	return proc, nil
 }
 
@@ -84,6 +106,20 @@ func (p *Processor) Policy() *Policy { return p.policy }
 // message sizes.
 func (p *Processor) Needs() Needs {
 	n := p.policy.Needs()
+	if p.prefs != nil && len(p.policy.Services) > 0 {
+		// Preferences are looked up per recipient and sender.
+		n.Stages |= StagesOf(StageMail, StageRcpt)
+	}
+	if len(p.policy.Services) > 0 || len(p.policy.Rules) > 0 {
+		// The quarantine store keeps the whole original; a report
+		// carries the processed header.
+		if p.quarantine != nil {
+			n.Headers, n.Body = true, true
+		}
+		if p.ndr != nil {
+			n.Headers = true
+		}
+	}
 	if p.reporter != nil {
 		// A record names the client and the envelope.
 		n.Stages |= StagesOf(StageConnect, StageHelo, StageMail, StageRcpt)
@@ -112,6 +148,8 @@ type Outcome struct {
 	AddRcpts      []Address
 	DelRcpts      []string
 	Quarantine    string // reason; empty for none
+	// QuarantineID is the id of the original in our quarantine store.
+	QuarantineID string
 }
 
 // continueOutcome is a fresh "no objection" answer; callers may keep it.
@@ -128,29 +166,39 @@ type Session struct {
 
 // txRun is the per-transaction pipeline state.
 type txRun struct {
-	active    []*activeService
-	records   []*traceRecord // invocation order
-	accepted  bool           // a service answered Accept: run no more services
-	quarant   string
-	evaluated StageSet // stages whose rules ran for this transaction
-	hdrBytes  int
-	hdrOver   bool
-	start     time.Time
-	bodySize  int64
-	bodySeen  bool
-	outcome   *OutcomeInfo // how it ended, for the report
+	active   []*activeService
+	records  []*traceRecord // invocation order
+	accepted bool           // a service answered Accept: run no more services
+	quarant  string
+	// who quarantined, for the store and the report on expiry
+	quarantBy         string
+	quarantBypassable bool
+	discardBy         *traceRecord
+	discardReason     string
+	evaluated         StageSet // stages whose rules ran for this transaction
+	hdrBytes          int
+	hdrOver           bool
+	start             time.Time
+	bodySize          int64
+	bodySeen          bool
+	outcome           *OutcomeInfo // how it ended, for the report
+	bypass            bypassRun
 }
 
 type activeService struct {
-	spec *ServiceSpec
-	tx   ServiceTx
-	rec  *traceRecord
+	spec          *ServiceSpec
+	tx            ServiceTx
+	rec           *traceRecord
+	honored       bool // a bypass was honoured: no more hooks run
+	ranBeforeData bool // a hook ran before DATA: in-message bypass cannot apply
 }
 
 type traceRecord struct {
 	uri        string
-	action     string
+	action     string // "" for a bypassed service, which did nothing
 	status     string
+	bypass     string // honored, refused
+	reason     string // why a bypass was refused
 	bypassable bool
 	took       time.Duration // all hooks of the transaction
 }
@@ -218,6 +266,9 @@ func (s *Session) StartTransaction() *Transaction {
 func (s *Session) Mail(ctx context.Context, from Address) *Outcome {
 	tx := s.StartTransaction()
 	tx.Sender = &from
+	if o := s.mailBypass(from); o != nil {
+		return o
+	}
 	return s.stage(ctx, StageMail, nil)
 }
 
@@ -227,10 +278,17 @@ func (s *Session) Rcpt(ctx context.Context, to Address) *Outcome {
 	tx := s.Transaction()
 	r := &Recipient{Address: to}
 	tx.Recipients = append(tx.Recipients, r)
+	if o := s.classify(ctx, r); o != nil {
+		r.Refused = true
+		return o
+	}
 	o := s.stage(ctx, StageRcpt, r)
 	if o.Kind != Continue {
 		r.Refused = true
+		s.run.bypass.pending = nil
+		return o
 	}
+	s.acceptRecipient()
 	return o
 }
 
@@ -291,16 +349,37 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 		return s.limitOutcome(StageHeaders, "message header too large")
 	}
 	id := s.traceID()
+	var received []HeaderField
+	if s.p.quarantine != nil {
+		received = tx.Header.Fields()
+	}
 	// The system entry exists before the first service runs (PROFILE §2).
 	sysValue := s.systemEntry().String()
 	tx.Header.fields = append([]HeaderField{{Name: FieldSystem, Value: sysValue, orig: origOwn}}, tx.Header.fields...)
 
 	o := s.stage(ctx, StageEOM, nil)
+	if o.Kind == Discard {
+		return s.discard(ctx, o, s.run.discardBy, s.run.discardReason)
+	}
 	if o.Kind != Continue {
 		return o
 	}
 	o = &Outcome{Kind: Continue, TraceID: id, Quarantine: s.run.quarant}
-	via := append([]TraceEntry{s.systemEntry()}, s.viaEntries(nil)...)
+	if o.Quarantine != "" && s.p.quarantine != nil {
+		if alt := s.storeQuarantine(ctx, received, o); alt != nil {
+			if alt.Kind == Discard {
+				s.p.metrics.Outcome(StageEOM, Quarantine)
+				s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Quarantine.String(), Quarantine: o.Quarantine}
+			}
+			return alt
+		}
+	}
+	sys := s.systemEntry()
+	if pol := s.p.policy; (len(pol.Services) > 0 || len(pol.Rules) > 0) && !s.consented(StageEOM) {
+		// Nothing ran because no party consented: say so (PROFILE §6).
+		sys.Params = append(sys.Params, TraceParam{Name: "consent", Value: "none"})
+	}
+	via := append([]TraceEntry{sys}, s.viaEntries(nil)...)
 	o.HeaderChanges = append(o.HeaderChanges,
 		HeaderChange{Kind: InsertField, Name: FieldVia, Value: FoldTraceList(FieldVia, via), Index: 0},
 		HeaderChange{Kind: InsertField, Name: FieldSystem, Value: FoldTraceList(FieldSystem, []TraceEntry{s.systemEntry()}), Index: 0},
@@ -394,11 +473,20 @@ func (s *Session) viaEntries(decider *traceRecord) []TraceEntry {
 	detail := s.p.policy.System.TraceDetail
 	for _, r := range s.run.records {
 		if r != decider {
-			if detail == TraceMinimal || (detail == TraceActions && r.action == "analyzed" && r.status == "") {
+			if detail == TraceMinimal || (detail == TraceActions && r.action == "analyzed" && r.status == "" && r.bypass == "") {
 				continue
 			}
 		}
-		e := TraceEntry{URI: r.uri, Params: []TraceParam{{Name: "action", Value: r.action}}}
+		e := TraceEntry{URI: r.uri}
+		if r.action != "" {
+			e.Params = append(e.Params, TraceParam{Name: "action", Value: r.action})
+		}
+		if r.bypass != "" {
+			e.Params = append(e.Params, TraceParam{Name: "bypass", Value: r.bypass})
+			if r.reason != "" {
+				e.Params = append(e.Params, TraceParam{Name: "reason", Value: r.reason})
+			}
+		}
 		if r.status != "" {
 			e.Params = append(e.Params, TraceParam{Name: "status", Value: r.status})
 		}
@@ -427,13 +515,21 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 	// Rules of earlier stages that this transaction has not seen yet are
 	// evaluated first: the MTA skips stages the policy does not need, and
 	// a second message on one connection starts after connect and HELO.
+	consent := s.consented(st)
 	for rs := StageConnect; rs < st; rs++ {
+		if rs >= StageRcpt && !consent {
+			break
+		}
 		if !run.evaluated.Has(rs) {
 			run.evaluated = run.evaluated.Add(rs)
 			if o := s.rules(st, rs, nil); o != nil {
 				return o
 			}
 		}
+	}
+	if !consent {
+		// Nobody consented: trace only (PROFILE §6).
+		return continueOutcome()
 	}
 	run.evaluated = run.evaluated.Add(st)
 	if o := s.rules(st, st, rcpt); o != nil {
@@ -445,6 +541,12 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 	for _, a := range run.active {
 		if !a.spec.Impl.Needs().Stages.Has(st) {
 			continue
+		}
+		if s.bypassed(ctx, a, st) {
+			continue
+		}
+		if st < StageData {
+			a.ranBeforeData = true
 		}
 		if a.rec == nil {
 			a.rec = s.record(a.spec.URI, a.spec.Bypassable)
@@ -464,6 +566,9 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		if err != nil {
 			s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)
 			a.rec.status = "failed"
+			if errors.Is(err, context.DeadlineExceeded) {
+				a.rec.status = "timeout"
+			}
 			switch a.spec.onError() {
 			case OnErrorContinue:
 				continue
@@ -512,14 +617,18 @@ func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, 
 		s.run.accepted = true
 	case Quarantine:
 		s.run.quarant = SanitizeText(firstNonEmpty(v.Reason, "held by OPES policy"), 200)
+		s.run.quarantBy, s.run.quarantBypassable = rec.uri, rec.bypassable
 	}
 	if !v.Kind.terminal() {
 		return nil
 	}
 	kind := v.Kind
+	ndrDiscard := kind == Discard && st == StageEOM && s.p.ndr != nil
 	if kind == Discard {
-		// No NDR generator yet: refusing keeps the sender informed; a
-		// silent discard would lose mail (docs/decisions.md).
+		// Refusing in the dialog keeps the sender informed without an
+		// NDR; after the data a discard is followed by a report, and
+		// without a report relay it is a refusal too: a silent discard
+		// would lose mail (docs/decisions.md).
 		kind = Reject
 	}
 	code, enh, text := defaultReply(st, kind)
@@ -542,7 +651,16 @@ func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, 
 	} else if v.Reason != "" {
 		text += " (" + v.Reason + ")"
 	}
+	if rec.bypass == "refused" {
+		// The sender asked to bypass the service that refuses: say why
+		// the request did not help (RFC 4902 §3.2).
+		text += "; bypass refused: " + rec.reason
+	}
 	reply := buildReply(code, enh, text, s.systemEntry(), s.viaEntries(rec), s.p.policy.System.PrivacyURL)
+	if ndrDiscard {
+		s.run.discardBy, s.run.discardReason = rec, firstNonEmpty(v.Reason, text)
+		return &Outcome{Kind: Discard, Reply: reply, TraceID: s.traceID()}
+	}
 	s.p.metrics.Outcome(st, kind)
 	if rcpt == nil { // a recipient refusal does not end the transaction
 		s.run.outcome = &OutcomeInfo{Stage: st.String(), Verdict: kind.String(), Code: code}

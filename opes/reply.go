@@ -143,3 +143,10 @@ func viaLines(via []TraceEntry, room int) []string {
 	}
 	return append(lines, cur)
 }
+
+// NewReply builds a PROFILE §3 reply with the trace lines, for replies the
+// daemon composes outside a session (e.g. the report for a quarantined
+// message that expired).
+func NewReply(code int, enhanced, text string, system TraceEntry, via []TraceEntry, policyURL string) *SMTPReply {
+	return buildReply(code, enhanced, text, system, via, policyURL)
+}

@@ -15,8 +15,8 @@ import (
 // The keys each table of the file accepts; docs/configuration.md and
 // default.toml describe them.
 var (
-	topKeys     = []string{"system", "milter", "admin", "report", "limits", "service", "rule"}
-	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail"}
+	topKeys     = []string{"system", "milter", "admin", "report", "limits", "consent", "bypass", "store", "quarantine", "ndr", "audit", "service", "rule"}
+	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail", "operator", "privacy_policy", "retention"}
 	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
 	adminKeys   = []string{"listen", "allow_remote"}
 	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout"}
@@ -126,6 +126,13 @@ func (l *loader) load() *Config {
 	l.admin(root.m["admin"], &cfg.Admin)
 	l.reportSection(root.m["report"], &cfg.Report)
 	l.limits(root.m["limits"], &pol.Limits)
+	_, hasConsent := root.m["consent"]
+	pol.Consent = l.consent(root.m["consent"], hasConsent)
+	l.bypassSection(root.m["bypass"], &pol.Bypass)
+	l.storeSection(root.m["store"], &cfg.Store)
+	l.quarantineSection(root.m["quarantine"], &cfg.Quarantine, &cfg.Store)
+	l.ndrSection(root.m["ndr"], &cfg.NDR)
+	l.auditSection(root.m["audit"], &cfg.Audit)
 	svcs := l.services(root.m["service"], top["service"], pol)
 	l.rules(root.m["rule"], top["rule"], svcs, pol)
 	if len(l.errs) == 0 {

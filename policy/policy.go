@@ -32,6 +32,11 @@ type Config struct {
 	Milter Milter
 	Admin  Admin
 	Report Report
+	// The OPES guarantees' machinery (issue 3).
+	Store      Store
+	Quarantine Quarantine
+	NDR        NDR
+	Audit      Audit
 	// Source names where the configuration came from: the file name, or
 	// "embedded default".
 	Source string

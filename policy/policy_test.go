@@ -271,7 +271,8 @@ func TestDocExamples(t *testing.T) {
 	}
 	// Every key and kind is documented in both places.
 	var keys []string
-	for _, list := range [][]string{topKeys, systemKeys, milterKeys, limitsKeys, serviceKeys, ruleKeys} {
+	for _, list := range [][]string{topKeys, systemKeys, milterKeys, limitsKeys, serviceKeys, ruleKeys,
+		consentKeys, bypassKeys, storeKeys, quarantineKeys, ndrKeys, auditKeys} {
 		keys = append(keys, list...)
 	}
 	keys = append(keys, structFieldNames(reflect.TypeFor[match.Spec]())...)

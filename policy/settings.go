@@ -45,6 +45,18 @@ func (l *loader) system(v any, sys *opes.System) {
 		}
 		sys.Contact = s
 	}
+	for _, f := range []struct {
+		key   string
+		limit int
+		to    *string
+	}{{"operator", 400, &sys.Operator}, {"privacy_policy", 4000, &sys.PrivacyPolicy}, {"retention", 1000, &sys.Retention}} {
+		if s, ok := t.str(f.key); ok {
+			if err := checkProse(s, f.limit); err != nil {
+				l.errorf(p.key(f.key), "%v", err)
+			}
+			*f.to = s
+		}
+	}
 	if s, ok := t.str("trace_detail"); ok {
 		d, err := opes.ParseTraceDetail(s)
 		if err != nil {

@@ -1,5 +1,6 @@
-// Command opesctl checks opes-milter policies and shows what they do to
-// a message without an MTA.
+// Command opesctl checks opes-milter policies, shows what they do to a
+// message without an MTA, and manages a running daemon's out-of-band
+// bypass preferences, quarantine and report outbox through its admin API.
 //
 //	opesctl check -config FILE
 //	opesctl explain -config FILE -from ADDR -rcpt ADDR [-rcpt ADDR ...]
@@ -11,6 +12,14 @@
 // header block as it would be delivered, trace fields included. It exits
 // 0 when the message would be delivered, 3 when it would be refused, 1 on
 // errors.
+//
+//	opesctl bypass add|list|remove ...
+//	opesctl quarantine list|show|message|release|delete ...
+//	opesctl outbox list
+//	opesctl trace ID
+//
+// talk to the daemon's admin API (-admin URL, -token-file FILE); they exit
+// 0 on success, 1 on errors and 2 on usage errors.
 package main
 
 import (
@@ -36,7 +45,8 @@ func main() {
 
 const usage = `usage:
   opesctl check -config FILE
-  opesctl explain [-config FILE] -from ADDR -rcpt ADDR [-rcpt ADDR ...] [-client IP] [-helo NAME] [-auth USER] [-queue-id ID] MESSAGE.eml`
+  opesctl explain [-config FILE] -from ADDR -rcpt ADDR [-rcpt ADDR ...] [-client IP] [-helo NAME] [-auth USER] [-queue-id ID] MESSAGE.eml
+` + adminUsage
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -48,6 +58,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args[1:], stdout, stderr)
 	case "explain":
 		return explain(args[1:], stdout, stderr)
+	case "bypass":
+		return bypassCmd(args[1:], stdout, stderr)
+	case "quarantine":
+		return quarantineCmd(args[1:], stdout, stderr)
+	case "outbox":
+		return outboxCmd(args[1:], stdout, stderr)
+	case "trace":
+		return traceCmd(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

@@ -13,6 +13,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/acl"
 	"github.com/opesmilter/opes-milter/opes/attachments"
 	"github.com/opesmilter/opes-milter/opes/checks"
+	"github.com/opesmilter/opes-milter/opes/childmilter"
 	"github.com/opesmilter/opes-milter/opes/clamav"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
@@ -31,6 +32,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 		return checks.New(decode)
 	case "clamav":
 		return clamav.New(decode)
+	case "milter":
+		return childmilter.New(decode)
 	case "spamd":
 		return spamd.New(decode)
 	case "tag":
@@ -41,5 +44,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "checks", "clamav", "spamd", "tag"}
+	return []string{"acl", "attachments", "checks", "clamav", "milter", "spamd", "tag"}
 }

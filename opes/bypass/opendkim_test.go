@@ -1,0 +1,131 @@
+package bypass
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// findTool looks in PATH and in /usr/sbin, where Debian puts OpenDKIM.
+func findTool(t *testing.T, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if p := filepath.Join("/usr/sbin", name); fileExists(p) {
+		return p
+	}
+	t.Skipf("%s not installed (Debian packages opendkim, opendkim-tools)", name)
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// openDKIM runs the real OpenDKIM filter in its test mode (opendkim -t:
+// the milter code path without an MTA) with a key from opendkim-genkey.
+type openDKIM struct {
+	bin, dir string
+	txt      string // the key's TXT record, as opendkim-genkey wrote it
+}
+
+func newOpenDKIM(t *testing.T) *openDKIM {
+	t.Helper()
+	o := &openDKIM{bin: findTool(t, "opendkim"), dir: t.TempDir()}
+	genkey := findTool(t, "opendkim-genkey")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, genkey, "-b", "2048", "-d", "example.org", "-s", "sel", "-D", o.dir).CombinedOutput(); err != nil {
+		t.Fatalf("opendkim-genkey: %v\n%s", err, out)
+	}
+	rec, err := os.ReadFile(filepath.Join(o.dir, "sel.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sel._domainkey IN TXT ( "v=DKIM1; ..." "p=..." "..." ) ; comment
+	for _, m := range regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(string(rec), -1) {
+		o.txt += m[1]
+	}
+	return o
+}
+
+// sign returns msg with OpenDKIM's signature over signHeaders prepended,
+// and the signature's h= tag.
+func (o *openDKIM) sign(t *testing.T, msg, signHeaders string, overSign bool) (signed, h string) {
+	t.Helper()
+	conf := "Domain example.org\nSelector sel\nKeyFile " + filepath.Join(o.dir, "sel.private") + "\n" +
+		"Mode s\nSignatureAlgorithm rsa-sha256\nCanonicalization relaxed/simple\n" +
+		"SignHeaders " + signHeaders + "\nSyslog no\nRequireSafeKeys no\n"
+	if overSign {
+		conf += "OversignHeaders OPES-Bypass\n"
+	}
+	confPath, msgPath := filepath.Join(o.dir, "opendkim.conf"), filepath.Join(o.dir, "msg.eml")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(msgPath, []byte(msg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, o.bin, "-x", confPath, "-t", msgPath, "-vvv").CombinedOutput()
+	if err != nil {
+		t.Fatalf("opendkim -t: %v\n%s", err, out)
+	}
+	// ### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='v=1; ...\n\t...'
+	m := regexp.MustCompile(`(?s)### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='([^']*)'`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no signature in opendkim output:\n%s", out)
+	}
+	sig := string(m[1])
+	if hm := regexp.MustCompile(`[;\s]h=([^;]*);`).FindStringSubmatch(sig); hm != nil {
+		h = strings.Join(strings.Fields(hm[1]), "")
+	}
+	return "DKIM-Signature: " + strings.ReplaceAll(sig, "\n", "\r\n") + "\r\n" + msg, h
+}
+
+// Interoperability: signatures made by OpenDKIM, verified by SignedBy.
+func TestSignedByOpenDKIM(t *testing.T) {
+	lookup := func(txt string) LookupTXTFunc {
+		return func(_ context.Context, name string) ([]string, error) {
+			if name != "sel._domainkey.example.org" {
+				t.Errorf("lookup of %q", name)
+			}
+			return []string{txt}, nil
+		}
+	}
+	check := func(name, msg, txt string, want []string) {
+		t.Helper()
+		got, err := SignedBy(context.Background(), strings.NewReader(msg), lookup(txt))
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("%s: SignedBy = %q, %v; want %q", name, got, err, want)
+		}
+	}
+
+	o := newOpenDKIM(t)
+	signed, h := o.sign(t, baseMsg, "From,To,Subject,Date,OPES-Bypass", true)
+	if strings.Count(strings.ToLower(h), "opes-bypass") != 2 {
+		t.Errorf("over-signed h=%s", h)
+	}
+	check("over-signed by opendkim", signed, o.txt, []string{"example.org"})
+	check("over-signed by opendkim, field added", "OPES-Bypass: *\r\n"+signed, o.txt, nil)
+	check("over-signed by opendkim, field altered", strings.Replace(signed, "translate-de", "av", 1), o.txt, nil)
+
+	signed, h = o.sign(t, baseMsg, "From,To,Subject,Date,OPES-Bypass", false)
+	if strings.Count(strings.ToLower(h), "opes-bypass") != 1 {
+		t.Errorf("h=%s", h)
+	}
+	check("signed once by opendkim", signed, o.txt, []string{"example.org"})
+	check("signed once by opendkim, field added above", "OPES-Bypass: *\r\n"+signed, o.txt, nil)
+
+	signed, h = o.sign(t, baseMsg, "From,To,Subject,Date", false)
+	if strings.Contains(strings.ToLower(h), "opes-bypass") {
+		t.Errorf("h=%s", h)
+	}
+	check("opendkim signature without OPES-Bypass", signed, o.txt, nil)
+}

@@ -1,0 +1,182 @@
+package opes
+
+import (
+	"context"
+	"errors"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-message"
+
+	"github.com/opesmilter/opes-milter/internal/store"
+	"github.com/opesmilter/opes-milter/opes/ndr"
+)
+
+// verdictService answers one verdict at the end of message.
+type verdictService struct{ v Verdict }
+
+func (s *verdictService) Needs() Needs                 { return Needs{Stages: StagesOf(StageEOM)} }
+func (s *verdictService) Begin(*Transaction) ServiceTx { return &verdictTx{v: s.v} }
+
+type verdictTx struct {
+	BaseTx
+	v Verdict
+}
+
+func (x *verdictTx) EndOfMessage(context.Context) (Verdict, error) { return x.v, nil }
+
+func openStore(t *testing.T, max int64) *store.Store {
+	t.Helper()
+	st, err := store.Open(ctx, store.Config{Backend: "embedded", Path: filepath.Join(t.TempDir(), "store.db"), MaxQuarantineBytes: max})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// unusedSender fails every send: these tests look at the outbox, not at
+// delivery (opes/ndr tests delivery against a real SMTP server).
+type unusedSender struct{}
+
+func (unusedSender) Send(context.Context, string, []string, []byte) error {
+	return errors.New("not sending in this test")
+}
+
+func verdictProcessor(t *testing.T, v Verdict, opts ...Option) *Processor {
+	t.Helper()
+	sp := spec("decider", &verdictService{v: v})
+	p := &Policy{System: System{URI: testSystem}, Services: []*ServiceSpec{sp},
+		Rules: []*Rule{{Name: "all", Stage: StageConnect, Run: []*ServiceSpec{sp}}}}
+	proc, err := NewProcessor(p, nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc.newID = func() string { return "01TESTTRACEID" }
+	return proc
+}
+
+func TestDiscardSendsReportWithTrace(t *testing.T) {
+	st := openStore(t, 0)
+	w := &ndr.Worker{Outbox: st, Sender: unusedSender{}}
+	proc := verdictProcessor(t, Verdict{Kind: Discard, Reason: "policy says drop"}, WithNDR(w, NDRConfig{Hostname: "mx1.example.net"}))
+	in := txInput{client: localhost, mail: addr("alice@example.org", "ENVID=env+2B1"),
+		rcpts:  []Address{addr("bob@example.net", "NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.net"), addr("carol@example.net", "NOTIFY=NEVER")},
+		header: [][2]string{{"Subject", "hello"}, {"Message-ID", "<m1@example.org>"}}, body: "body\r\n"}
+	_, _, o := drive(t, proc, in)
+	if o.Kind != Discard {
+		t.Fatalf("outcome %v, want discard", o.Kind)
+	}
+	items, err := st.ListOutbox(ctx, store.Queued, 10)
+	if err != nil || len(items) != 1 {
+		t.Fatalf("outbox: %v %d items", err, len(items))
+	}
+	it := items[0]
+	if it.Sender != "" || len(it.Recipients) != 1 || it.Recipients[0] != "alice@example.org" {
+		t.Errorf("report envelope: from %q to %v", it.Sender, it.Recipients)
+	}
+	msg, err := message.Read(strings.NewReader(string(it.Data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr := msg.MultipartReader()
+	if mr == nil {
+		t.Fatal("report is not multipart")
+	}
+	var parts []string
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(p.Body)
+		parts = append(parts, string(b))
+	}
+	if len(parts) != 3 {
+		t.Fatalf("%d parts", len(parts))
+	}
+	status := parts[1]
+	for _, want := range []string{"Final-Recipient: rfc822; bob@example.net", "Action: failed", "Status: 5.7.1",
+		"X-OPES-System: " + testSystem, "Final-Log-ID: 4ABCD12", "svc/decider", "Original-Envelope-Id: env+1"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("delivery-status lacks %q:\n%s", want, status)
+		}
+	}
+	if strings.Contains(status, "carol@") {
+		t.Errorf("NOTIFY=NEVER recipient reported:\n%s", status)
+	}
+	if !strings.Contains(parts[2], "OPES-System: "+testSystem+"; id=4ABCD12") || !strings.Contains(parts[2], "Subject: hello") {
+		t.Errorf("returned header lacks our trace:\n%s", parts[2])
+	}
+
+	// The null sender gets no report, and the message is still discarded
+	// as the policy says (nobody can be told).
+	in.mail = addr("")
+	_, _, o = drive(t, proc, in)
+	if o.Kind != Discard {
+		t.Errorf("null sender: %v", o.Kind)
+	}
+	if items, _ := st.ListOutbox(ctx, store.Queued, 10); len(items) != 1 {
+		t.Errorf("a report was queued for the null sender")
+	}
+
+	// The outbox unavailable: tempfail, never drop.
+	st.Close()
+	in.mail = addr("alice@example.org")
+	_, _, o = drive(t, proc, in)
+	checkReply(t, o, 451, "4.3.0")
+
+	// Without a report relay a discard is a refusal.
+	proc = verdictProcessor(t, Verdict{Kind: Discard})
+	_, _, o = drive(t, proc, in)
+	checkReply(t, o, 554, "5.7.1")
+}
+
+func TestQuarantineInStore(t *testing.T) {
+	st := openStore(t, 0)
+	proc := verdictProcessor(t, Verdict{Kind: Quarantine, Reason: "suspicious"}, WithQuarantineStore(st, QuarantineConfig{Expire: 1e12}))
+	if !proc.Needs().Body {
+		t.Fatal("the quarantine store needs the body")
+	}
+	in := txInput{client: localhost, mail: addr("alice@example.org"), rcpts: []Address{addr("bob@example.net", "NOTIFY=FAILURE")},
+		header: [][2]string{{"Subject", "hello"}, {"X-Folded", "a\r\n\tb"}}, body: "line one\r\nline two\r\n"}
+	_, _, o := drive(t, proc, in)
+	if o.Kind != Discard || o.QuarantineID == "" {
+		t.Fatalf("outcome %v id %q: the MTA must drop its copy once ours is stored", o.Kind, o.QuarantineID)
+	}
+	it, err := st.GetQuarantine(ctx, o.QuarantineID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.Sender != "alice@example.org" || len(it.Recipients) != 1 || it.Reason != "suspicious" ||
+		it.Service != testSystem+"svc/decider" || it.TraceID != "4ABCD12" || it.RecipientArgs[0]["NOTIFY"] != "FAILURE" {
+		t.Errorf("stored item: %+v", it)
+	}
+	rc, err := st.OpenQuarantine(ctx, it.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if want := "Subject: hello\r\nX-Folded: a\r\n\tb\r\n\r\nline one\r\nline two\r\n"; string(b) != want {
+		t.Errorf("stored original:\n%q\nwant\n%q", b, want)
+	}
+
+	// Both: the MTA holds its copy too.
+	proc = verdictProcessor(t, Verdict{Kind: Quarantine}, WithQuarantineStore(st, QuarantineConfig{KeepInMTA: true, Expire: 1e12}))
+	_, _, o = drive(t, proc, in)
+	if o.Kind != Continue || o.Quarantine == "" || o.QuarantineID == "" {
+		t.Errorf("mode both: %v %q %q", o.Kind, o.Quarantine, o.QuarantineID)
+	}
+
+	// A full quarantine: tempfail.
+	small := openStore(t, 10)
+	proc = verdictProcessor(t, Verdict{Kind: Quarantine}, WithQuarantineStore(small, QuarantineConfig{Expire: 1e12}))
+	_, _, o = drive(t, proc, in)
+	checkReply(t, o, 451, "4.3.0")
+}
