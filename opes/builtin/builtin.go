@@ -15,6 +15,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/checks"
 	"github.com/opesmilter/opes-milter/opes/childmilter"
 	"github.com/opesmilter/opes-milter/opes/clamav"
+	"github.com/opesmilter/opes-milter/opes/icap"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
 )
@@ -32,6 +33,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 		return checks.New(decode)
 	case "clamav":
 		return clamav.New(decode)
+	case "icap":
+		return icap.New(decode)
 	case "milter":
 		return childmilter.New(decode)
 	case "spamd":
@@ -44,5 +47,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "checks", "clamav", "milter", "spamd", "tag"}
+	return []string{"acl", "attachments", "checks", "clamav", "icap", "milter", "spamd", "tag"}
 }
