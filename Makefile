@@ -9,13 +9,15 @@ GO        ?= go
 LISTEN    ?= inet:10028@127.0.0.1
 STATICCHECK_VERSION ?= v0.8.2
 DIST      ?= dist
-# Debian packages the tests need, and a binary of each that tells whether
-# it is installed: Postfix (the MTA tests), miltertest (the independent
-# milter client), lintian and adduser (the package test), m4 (the
-# Sendmail configuration of the Sendmail tests), clamd and spamd (the
-# virus and spam services are tested against the real engines, offline).
-APT_PACKAGES = postfix miltertest lintian adduser m4 clamav-daemon spamassassin spamd spamc
-DEP_BINARIES = /usr/sbin/postfix /usr/sbin/smtp-sink /usr/bin/miltertest /usr/bin/lintian /usr/sbin/adduser /usr/bin/m4 /usr/sbin/clamd /usr/sbin/spamd
+# Debian packages the tests need: Postfix (the MTA tests), miltertest
+# (the independent milter client), lintian and adduser (the package test),
+# m4 (the Sendmail configuration of the Sendmail tests), clamd and spamd
+# (the virus and spam services), PostgreSQL (the shared store backend),
+# OpenDKIM (the child-milter service and DKIM interop), c-icap with its
+# content-filter and virus-scan modules (the ICAP service). Every engine
+# is started by the tests themselves, offline, on loopback.
+APT_PACKAGES = postfix miltertest lintian adduser m4 clamav-daemon spamassassin spamd spamc \
+	postgresql opendkim opendkim-tools c-icap libc-icap-mod-contentfiltering libc-icap-mod-virus-scan
 
 .PHONY: all build run test unit deps lint bench deb clean
 
@@ -32,12 +34,13 @@ run:
 # preseeded with "No configuration": no system instance is set up, the
 # tests run their own instances from temp directories on loopback.
 deps:
-	@missing=""; for b in $(DEP_BINARIES); do [ -x $$b ] || missing="$$missing $$b"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing$$missing; installing them needs root (apt-get install $(APT_PACKAGES))"; exit 1; fi; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing$$missing; installing them needs root (apt-get install$$missing)"; exit 1; fi; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends$$missing; \
 	fi
 	@# The Sendmail tests fetch sendmail-bin with apt-get download, which
 	@# needs package lists; a fresh image may have none.

@@ -18,7 +18,7 @@ var (
 	topKeys     = []string{"system", "milter", "admin", "report", "limits", "consent", "bypass", "store", "quarantine", "ndr", "audit", "service", "rule"}
 	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail", "operator", "privacy_policy", "retention"}
 	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
-	adminKeys   = []string{"listen", "allow_remote"}
+	adminKeys   = []string{"listen", "allow_remote", "token_file"}
 	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
 	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "on_error", "options"}
@@ -133,6 +133,9 @@ func (l *loader) load() *Config {
 	l.quarantineSection(root.m["quarantine"], &cfg.Quarantine, &cfg.Store)
 	l.ndrSection(root.m["ndr"], &cfg.NDR)
 	l.auditSection(root.m["audit"], &cfg.Audit)
+	if cfg.NDR.Relay != "" && cfg.Store.Backend == "" {
+		l.errorf(path{{key: "ndr"}, {key: "relay"}}, "needs a [store]: reports are queued in its outbox before the MTA is answered")
+	}
 	svcs := l.services(root.m["service"], top["service"], pol)
 	l.rules(root.m["rule"], top["rule"], svcs, pol)
 	if len(l.errs) == 0 {

@@ -84,6 +84,9 @@ type Report struct {
 type Admin struct {
 	// Listen is "host:port"; empty disables the listener.
 	Listen string
+	// TokenFile holds the API tokens ("name:token" lines); empty
+	// disables the API (the disclosure page stays public).
+	TokenFile string
 }
 
 // Defaults of the [milter] and [limits] tables.

@@ -211,6 +211,12 @@ func (l *loader) admin(v any, a *Admin) {
 		return
 	}
 	remote, _ := t.boolean("allow_remote")
+	if f, ok := t.str("token_file"); ok {
+		if f != "" && !filepath.IsAbs(f) {
+			l.errorf(p.key("token_file"), "%q is not an absolute path", f)
+		}
+		a.TokenFile = f
+	}
 	s, ok := t.str("listen")
 	if !ok || s == "" {
 		return

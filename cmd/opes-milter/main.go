@@ -132,8 +132,14 @@ func run(args []string, stderr io.Writer) int {
 		}()
 		reporters = append(reporters, report.Incidents{Next: wh})
 	}
+	g, err := openGuarantees(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "opes-milter:", err)
+		return 1
+	}
+	defer g.close()
 	procOpts := func(c *policy.Config) []opes.Option {
-		opts := []opes.Option{opes.WithMetrics(mx)}
+		opts := append([]opes.Option{opes.WithMetrics(mx)}, g.options()...)
 		if len(reporters) > 0 {
 			// The address level of the running file applies: like the
 			// record files, it changes on restart.
@@ -174,7 +180,13 @@ func run(args []string, stderr io.Writer) int {
 			}
 			return nil
 		}
-		stopAdmin, err := serveAdmin(cfg.Admin.Listen, admin.Handler(ready, mx.Handler()), log)
+		ao := admin.Options{Ready: ready, Metrics: mx.Handler(), Log: log,
+			Policy: func() *opes.Policy { return srv.Processor().Policy() }}
+		g.adminOptions(&ao)
+		if cfg.Report.Transactions != "" {
+			ao.Trace = admin.TraceFile{Path: cfg.Report.Transactions}
+		}
+		stopAdmin, err := serveAdmin(cfg.Admin.Listen, admin.New(ao), log)
 		if err != nil {
 			_ = ln.Close()
 			fmt.Fprintln(stderr, "opes-milter:", err)
@@ -205,6 +217,7 @@ func run(args []string, stderr io.Writer) int {
 						log.Error("opes-milter: reopen transaction records", "err", err)
 					}
 				}
+				g.reopen(log)
 				mx.Reloaded(reload(srv, f.config, listen, cfg, log, procOpts))
 				continue
 			}
@@ -235,8 +248,9 @@ func reload(srv *milter.Server, path, listen string, old *policy.Config, log *sl
 		if proc, err = opes.NewProcessor(cfg.Policy, log, procOpts(cfg)...); err == nil {
 			srv.SetProcessor(proc)
 			if (cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen) || cfg.Admin != old.Admin ||
+				cfg.Store != old.Store || cfg.NDR != old.NDR || cfg.Quarantine != old.Quarantine || cfg.Audit != old.Audit ||
 				cfg.Report.Transactions != old.Report.Transactions || cfg.Report.Addresses != old.Report.Addresses {
-				log.Warn("opes-milter: reload: listen sockets and the record file change only on restart",
+				log.Warn("opes-milter: reload: listen sockets, record and audit files, the store, quarantine and report settings change only on restart",
 					"milter", cfg.Milter.Listen, "admin", cfg.Admin.Listen, "transactions", cfg.Report.Transactions)
 			}
 			log.Info("opes-milter: reloaded", "config", cfg.Source, "needs", cfg.Policy.Needs().Stages.String())

@@ -8,8 +8,8 @@
 // the idle 2-core build machine and 9-20 s when that machine is
 // saturated by parallel builds (TestStart logs it; BenchmarkStart
 // measures it; initdb is most of it). So a test should start one server
-// and give each subtest its own database with CreateDatabase (about
-// 0.1 s), not start a server per subtest.
+// and give each subtest its own database with CreateDatabase (a
+// fraction of a second), not start a server per subtest.
 //
 // PostgreSQL refuses to run as root. When the tests run as root, initdb,
 // pg_ctl and postgres run as the unprivileged "postgres" system user

@@ -124,7 +124,7 @@ func (m *Manager) Release(ctx context.Context, id, actor string) error {
 	}
 	via := []opes.TraceEntry{m.systemEntry(it), {URI: it.Service, Params: []opes.TraceParam{
 		{Name: "action", Value: "quarantined"},
-		{Name: "released", Value: m.now().Format("2006-01-02T15:04:05Z")},
+		{Name: "released", Value: m.now().Format("20060102T150405Z")}, // ISO 8601 basic: a token
 	}}}
 	var msg bytes.Buffer
 	writeField(&msg, opes.FieldSystem, opes.FoldTraceList(opes.FieldSystem, []opes.TraceEntry{m.systemEntry(it)}))
