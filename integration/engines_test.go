@@ -22,6 +22,9 @@ privacy_url = "` + itSystem + `privacy"
 [consent]
 recipients = ["@example.net", "@example.org", "@example.test"]
 
+[bypass]
+trusted_networks = ["127.0.0.0/8"]
+
 [[service]]
 name = "` + name + `"
 kind = "` + kind + `"
@@ -131,6 +134,16 @@ func TestClamdEndToEnd(t *testing.T) {
 			checkTraceReply(t, r, 554, "5.7.1", svc)
 			if want := "554-5.7.1 Virus found: " + ClamdTokenSig; r.Lines[0] != want {
 				t.Errorf("first line %q, want %q", r.Lines[0], want)
+			}
+
+			// OPES-Bypass: * from a trusted client does not bypass the
+			// non-bypassable scanner, and the reply says so (RFC 4902 §3.2).
+			bypass := "bypass-" + name
+			msg := attachmentMessage(bypass, "eicar.com", []byte(EICAR))
+			r = sendOne(t, addr, append([]byte("OPES-Bypass: *\n"), msg...))
+			if r.Code != 554 || !r.Contains("OPES-Via: "+svc+"; action=rejected; bypass=refused; reason=non-bypassable; bypassable=no") ||
+				!r.Contains("Virus found: "+ClamdEicarSig+"; bypass refused: non-bypassable") {
+				t.Errorf("the reply does not say the bypass was refused:\n%s", r)
 			}
 
 			// A clean attachment is delivered, traced action=analyzed.

@@ -19,12 +19,10 @@ func TestLookupListReloadedOnSIGHUP(t *testing.T) {
 	}
 	policy := `
 [system]
-uri = "
+uri = "` + itSystem + `"
+privacy_url = "` + itSystem + `privacy"
 [consent]
 recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
-
-` + itSystem + `"
-privacy_url = "` + itSystem + `privacy"
 [[service]]
 name = "access"
 kind = "acl"

@@ -37,11 +37,9 @@ func TestTransactionRecordsThroughPostfix(t *testing.T) {
 	defer hook.Close()
 	policy := `
 [system]
-uri = "
+uri = "` + itSystem + `"
 [consent]
 recipients = ["@example.net", "@example.org", "@example.test", "@x.test", "@y.test"]
-
-` + itSystem + `"
 [report]
 transactions = "` + records + `"
 incidents = "` + incidents + `"

@@ -180,3 +180,45 @@ func TestQuarantineInStore(t *testing.T) {
 	_, _, o = drive(t, proc, in)
 	checkReply(t, o, 451, "4.3.0")
 }
+
+// tracingService returns trace entries of agents it invoked.
+type tracingService struct{ via []TraceEntry }
+
+func (s *tracingService) Needs() Needs                 { return Needs{Stages: StagesOf(StageEOM)} }
+func (s *tracingService) Begin(*Transaction) ServiceTx { return &tracingTx{via: s.via} }
+
+type tracingTx struct {
+	BaseTx
+	via []TraceEntry
+}
+
+func (x *tracingTx) EndOfMessage(context.Context) (Verdict, error) {
+	return Verdict{Kind: Continue, Action: "modified"}, nil
+}
+
+func (x *tracingTx) TraceEntries() []TraceEntry {
+	v := x.via
+	x.via = nil
+	return v
+}
+
+func TestServiceTraceEntries(t *testing.T) {
+	sp := spec("decider", &tracingService{via: []TraceEntry{
+		{URI: "https://callout.example.org/svc/av", Params: []TraceParam{{Name: "action", Value: "analyzed"}}},
+		{URI: testSystem, Params: []TraceParam{{Name: "id", Value: "forged"}}}, // speaks for us: dropped
+		{URI: "not a uri"},
+		{URI: "https://callout.example.org/x", Params: []TraceParam{{Name: "bad name", Value: "v"}}},
+	}})
+	p := &Policy{System: System{URI: testSystem}, Services: []*ServiceSpec{sp},
+		Rules: []*Rule{{Name: "all", Stage: StageConnect, Run: []*ServiceSpec{sp}}}}
+	proc, err := NewProcessor(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, o := drive(t, proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")}, body: "x\r\n"})
+	via := viaOf(t, o)
+	want := testSystem + "; id=4ABCD12, " + testSystem + "svc/decider; action=modified, https://callout.example.org/svc/av; action=analyzed"
+	if via != want {
+		t.Errorf("OPES-Via:\n%s\nwant\n%s", via, want)
+	}
+}

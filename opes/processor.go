@@ -201,6 +201,7 @@ type traceRecord struct {
 	reason     string // why a bypass was refused
 	bypassable bool
 	took       time.Duration // all hooks of the transaction
+	extra      []TraceEntry  // agents the service invoked (Verdict.Via)
 }
 
 // actionRank orders trace actions so that a service reported at several
@@ -494,8 +495,31 @@ func (s *Session) viaEntries(decider *traceRecord) []TraceEntry {
 			e.Params = append(e.Params, TraceParam{Name: "bypassable", Value: yesNo(r.bypassable)})
 		}
 		out = append(out, e)
+		if r.action != "" || r == decider {
+			out = append(out, r.extra...)
+		}
 	}
 	return out
+}
+
+// maxExtraEntries bounds the trace entries one service may add.
+const maxExtraEntries = 8
+
+// addExtra checks the trace entries a service returned: a valid agent
+// URI that is not this system's, parameters that are tokens, at most
+// maxExtraEntries per service. Others are dropped and logged.
+func (s *Session) addExtra(rec *traceRecord, via []TraceEntry, who string) {
+	for _, e := range via {
+		ok := len(rec.extra) < maxExtraEntries && CheckAgentURI(e.URI) == nil && e.URI != s.p.policy.System.URI && len(e.Params) <= 8
+		for _, p := range e.Params {
+			ok = ok && IsToken(p.Name) && len(p.Value) <= 200 && CheckPrintable(p.Value, 200) == nil
+		}
+		if !ok {
+			s.p.log.Warn("opes: trace entry from a service dropped", "trace_id", s.traceID(), "by", who, "uri", SanitizeText(e.URI, 200))
+			continue
+		}
+		rec.extra = append(rec.extra, e)
+	}
 }
 
 func yesNo(b bool) string {
@@ -562,6 +586,9 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		s.p.metrics.ServiceCall(a.spec.Name, st, took, err != nil)
 		if st == StageEOM {
 			s.protectTrace(a, before)
+		}
+		if tr, ok := a.tx.(Tracer); ok {
+			s.addExtra(a.rec, tr.TraceEntries(), "service "+a.spec.Name)
 		}
 		if err != nil {
 			s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)

@@ -44,6 +44,16 @@ type ServiceTx interface {
 	Close()
 }
 
+// Tracer is implemented by a ServiceTx whose service invoked agents of its
+// own, such as the services of a callout server (RFC 3897 §3.4).
+// TraceEntries returns the entries collected since the last call; the
+// processor checks them and lists them in OPES-Via after the service's
+// entry. An entry naming this OPES system is dropped: only the processor
+// speaks for it.
+type Tracer interface {
+	TraceEntries() []TraceEntry
+}
+
 // BaseTx answers "continue" at every stage. Embed it in a ServiceTx.
 type BaseTx struct{}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/acl"
 	"github.com/opesmilter/opes-milter/opes/attachments"
+	"github.com/opesmilter/opes-milter/opes/callout"
 	"github.com/opesmilter/opes-milter/opes/checks"
 	"github.com/opesmilter/opes-milter/opes/childmilter"
 	"github.com/opesmilter/opes-milter/opes/clamav"
@@ -29,6 +30,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 		return acl.New(decode)
 	case "attachments":
 		return attachments.New(decode)
+	case "callout":
+		return callout.New(decode)
 	case "checks":
 		return checks.New(decode)
 	case "clamav":
@@ -47,5 +50,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "checks", "clamav", "icap", "milter", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "icap", "milter", "spamd", "tag"}
 }
