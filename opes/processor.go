@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -562,6 +563,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 	if run.accepted {
 		return continueOutcome()
 	}
+	s.prefetch(ctx, st, rcpt)
 	for _, a := range run.active {
 		if !a.spec.Impl.Needs().Stages.Has(st) {
 			continue
@@ -613,6 +615,38 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		}
 	}
 	return continueOutcome()
+}
+
+// prefetch lets the independent remote services of stage st wait for
+// their servers at the same time (Prefetcher); with fewer than two there
+// is nothing to overlap.
+func (s *Session) prefetch(ctx context.Context, st Stage, rcpt *Recipient) {
+	var pf []Prefetcher
+	for _, a := range s.run.active {
+		p, ok := a.tx.(Prefetcher)
+		if !ok || !a.spec.Impl.Needs().Stages.Has(st) || a.honored || s.bypassed(ctx, a, st) {
+			continue
+		}
+		pf = append(pf, p)
+	}
+	if len(pf) < 2 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range pf {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					// The hook runs next and reports the failure.
+					s.p.log.Error("opes: prefetch panicked", "panic", fmt.Sprint(r))
+				}
+			}()
+			p.Prefetch(ctx, st, rcpt)
+		}()
+	}
+	wg.Wait()
 }
 
 // rules evaluates the rules of stage rs while the dialog is at st: the

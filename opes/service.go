@@ -54,6 +54,19 @@ type Tracer interface {
 	TraceEntries() []TraceEntry
 }
 
+// Prefetcher is implemented by a ServiceTx whose hook mostly waits for a
+// remote server (a callout). When two or more enabled services of a stage
+// are Prefetchers, the processor calls Prefetch on all of them at once,
+// then runs the stage's hooks in policy order as always; the hook uses
+// what Prefetch fetched. Prefetch must not change the transaction, so the
+// services are independent: each sees the message as it was before the
+// stage, and their verdicts and changes apply in policy order (the first
+// refusal wins), exactly as if they had run one after the other on the
+// unchanged message.
+type Prefetcher interface {
+	Prefetch(ctx context.Context, st Stage, rcpt *Recipient)
+}
+
 // BaseTx answers "continue" at every stage. Embed it in a ServiceTx.
 type BaseTx struct{}
 

@@ -19,6 +19,7 @@ const chunk = 64 << 10
 // OCP transaction, opened at the first hook that has something to send.
 type txState struct {
 	via []opes.TraceEntry // the callout's own trace entries, for TraceEntries
+	pre *prefetched       // the answer Prefetch fetched for the next hook
 	s   *Service
 	tx  *opes.Transaction
 	srv *server
@@ -135,22 +136,30 @@ func (t *txState) step(ctx context.Context, st opes.Stage, rcpt *opes.Recipient)
 	return v, nil
 }
 
+// prefetched is what Prefetch fetched for the hook of one stage.
+type prefetched struct {
+	st   opes.Stage
+	rcpt *opes.Recipient
+	v    opes.Verdict
+	err  error
+}
+
+// Prefetch exchanges the stage's parts with the callout server ahead of
+// the hook (opes.Prefetcher), so that several callouts of one stage wait
+// at the same time. It changes nothing in the transaction; the hook
+// applies the answer.
+func (t *txState) Prefetch(ctx context.Context, st opes.Stage, rcpt *opes.Recipient) {
+	if t.err != nil || t.finished {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.s.cfg.Timeout)
+	defer cancel()
+	v, err := t.fetch(ctx, st, rcpt)
+	t.pre = &prefetched{st: st, rcpt: rcpt, v: v, err: err}
+}
+
 func (t *txState) run(ctx context.Context, st opes.Stage, rcpt *opes.Recipient) (opes.Verdict, error) {
-	if t.ot == nil {
-		srv, c, ot, err := t.s.begin(ctx)
-		if err != nil {
-			return opes.Verdict{}, err
-		}
-		t.srv, t.c, t.ot = srv, c, ot
-		t.dpiEnd, t.stopAt = ocp.MaxUni, -1
-		if err := t.ot.Send(ocp.NewMessage(ocp.MsgAMS, ocp.UniAtom(ot.Xid)).With(ocp.ParamAllow, ocp.Allowed)); err != nil {
-			return opes.Verdict{}, err
-		}
-	}
-	if err := t.sendParts(ctx, st); err != nil {
-		return opes.Verdict{}, err
-	}
-	v, err := t.collect(ctx, st, rcpt)
+	v, err := t.fetch(ctx, st, rcpt)
 	if err != nil {
 		return opes.Verdict{}, err
 	}
@@ -166,6 +175,32 @@ func (t *txState) run(ctx context.Context, st opes.Stage, rcpt *opes.Recipient) 
 	t.ot.End(ocp.OK)
 	t.finished = true
 	return combine(v, ev), nil
+}
+
+// fetch sends the parts of stage st and collects the callout's answers,
+// or returns what Prefetch already fetched for this stage.
+func (t *txState) fetch(ctx context.Context, st opes.Stage, rcpt *opes.Recipient) (opes.Verdict, error) {
+	if p := t.pre; p != nil {
+		t.pre = nil
+		if p.st == st && p.rcpt == rcpt {
+			return p.v, p.err
+		}
+	}
+	if t.ot == nil {
+		srv, c, ot, err := t.s.begin(ctx)
+		if err != nil {
+			return opes.Verdict{}, err
+		}
+		t.srv, t.c, t.ot = srv, c, ot
+		t.dpiEnd, t.stopAt = ocp.MaxUni, -1
+		if err := t.ot.Send(ocp.NewMessage(ocp.MsgAMS, ocp.UniAtom(ot.Xid)).With(ocp.ParamAllow, ocp.Allowed)); err != nil {
+			return opes.Verdict{}, err
+		}
+	}
+	if err := t.sendParts(ctx, st); err != nil {
+		return opes.Verdict{}, err
+	}
+	return t.collect(ctx, st, rcpt)
 }
 
 // sendParts sends every negotiated part that is available at stage st
