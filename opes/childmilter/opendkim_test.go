@@ -2,22 +2,17 @@ package childmilter
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -26,12 +21,10 @@ import (
 // on a unix socket or a free loopback port. It needs no DNS to sign, nor
 // to judge a message that has no signature at all.
 
-// openDKIM is one started opendkim.
+// openDKIM is one started opendkim (internal/enginetest).
 type openDKIM struct {
+	*enginetest.OpenDKIM
 	socket string // our socket option for it
-	dir    string
-	cmd    *exec.Cmd
-	done   chan struct{}
 }
 
 // dkimKey is a signing key and the TXT record that publishes it.
@@ -45,107 +38,28 @@ type dkimKey struct {
 // opendkim-genkey does, and returns the matching DNS record.
 func newDKIMKey(t *testing.T, dir string) dkimKey {
 	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	k, err := enginetest.NewDKIMKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "test.private")
-	block := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})
-	if err := os.WriteFile(path, block, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dkimKey{key: k, pemFile: path, txt: "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)}
+	return dkimKey{key: k.Key, pemFile: k.PEMFile, txt: k.TXT}
 }
 
 // startOpenDKIM runs opendkim with conf (lines without Socket and the
 // process settings) on a unix socket, or on TCP when inet is set.
 func startOpenDKIM(t *testing.T, dir string, conf []string, inet bool) *openDKIM {
 	t.Helper()
-	bin, err := exec.LookPath("opendkim")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/opendkim"); err != nil {
-			t.Skip("opendkim is not installed (apt-get install opendkim opendkim-tools)")
-		}
+	if _, err := enginetest.LookBin("opendkim", enginetest.OpenDKIMAptHint); err != nil {
+		t.Skip(err)
 	}
-	d := &openDKIM{dir: dir, done: make(chan struct{})}
-	var listen string
-	if inet {
-		port := freePort(t)
-		listen = fmt.Sprintf("inet:%d@127.0.0.1", port)
-		d.socket = listen
-	} else {
-		sock := filepath.Join(dir, "opendkim.sock")
-		listen = "local:" + sock
-		d.socket = "unix:" + sock
-	}
-	conf = append(conf,
-		"Socket "+listen,
-		"Background no",
-		"Syslog no",
-		"PidFile "+filepath.Join(dir, "opendkim.pid"),
-		// The key lives under /tmp, which every user can write; a real
-		// installation keeps it in /etc/dkimkeys.
-		"RequireSafeKeys no",
-		"UMask 007",
-	)
-	cfg := filepath.Join(dir, "opendkim.conf")
-	if err := os.WriteFile(cfg, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.Create(filepath.Join(dir, "opendkim.out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(bin, "-f", "-x", cfg)
-	d.cmd.Stdout, d.cmd.Stderr = out, out
-	// The kernel kills it if the test binary dies first.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	began := time.Now()
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start opendkim: %v", err)
+	d, err := enginetest.StartOpenDKIM(enginetest.OpenDKIMOptions{Dir: dir, Conf: conf, Inet: inet})
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { _ = d.cmd.Wait(); _ = out.Close(); close(d.done) }()
-	t.Cleanup(d.stop)
-
-	// Ready when it accepts connections: bounded by 10 s in 10 ms steps.
-	network, address := dialArgs(t, d.socket)
-	for i := 0; ; i++ {
-		select {
-		case <-d.done:
-			t.Fatalf("opendkim exited at start:\n%s", d.logs())
-		default:
-		}
-		if c, err := net.DialTimeout(network, address, time.Second); err == nil {
-			_ = c.Close()
-			break
-		}
-		if i >= 1000 {
-			t.Fatalf("opendkim did not listen on %s within 10 s:\n%s", d.socket, d.logs())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("opendkim ready on %s after %s", d.socket, time.Since(began).Round(time.Millisecond))
-	return d
-}
-
-// stop kills opendkim: libmilter takes seconds to act on SIGTERM, and
-// nothing of its state is worth keeping.
-func (d *openDKIM) stop() {
-	select {
-	case <-d.done:
-	default:
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-}
-
-func (d *openDKIM) logs() string {
-	b, _ := os.ReadFile(filepath.Join(d.dir, "opendkim.out"))
-	return string(b)
+	t.Cleanup(d.Stop)
+	t.Logf("opendkim ready on %s after %s", d.Socket, time.Since(began).Round(time.Millisecond))
+	return &openDKIM{OpenDKIM: d, socket: d.Socket}
 }
 
 // shortTempDir is a new directory with a path short enough for a unix
@@ -209,7 +123,7 @@ func TestOpenDKIMSigns(t *testing.T) {
 			}
 			r := drive(t, proc, m)
 			if r.stage != "eom" || r.outcome.Kind != opes.Continue {
-				t.Fatalf("outcome at %s: %+v\nopendkim:\n%s", r.stage, r.outcome, d.logs())
+				t.Fatalf("outcome at %s: %+v\nopendkim:\n%s", r.stage, r.outcome, d.Logs())
 			}
 			var sig *opes.HeaderChange
 			for i, c := range r.outcome.HeaderChanges {
@@ -218,7 +132,7 @@ func TestOpenDKIMSigns(t *testing.T) {
 				}
 			}
 			if sig == nil {
-				t.Fatalf("no DKIM-Signature among the header changes %+v\nopendkim:\n%s", r.outcome.HeaderChanges, d.logs())
+				t.Fatalf("no DKIM-Signature among the header changes %+v\nopendkim:\n%s", r.outcome.HeaderChanges, d.Logs())
 			}
 			if sig.Kind != opes.AppendField {
 				t.Errorf("DKIM-Signature change kind %v, want an append", sig.Kind)
@@ -340,11 +254,11 @@ func TestOpenDKIMVerifierActions(t *testing.T) {
 			}
 			r := drive(t, proc, m)
 			if r.stage != "eom" {
-				t.Fatalf("refused at %s: %+v\nopendkim:\n%s", r.stage, r.outcome, d.logs())
+				t.Fatalf("refused at %s: %+v\nopendkim:\n%s", r.stage, r.outcome, d.Logs())
 			}
 			o := r.outcome
 			if o.Kind != tc.kind {
-				t.Fatalf("outcome %v, want %v (reply %v, changes %+v)\nopendkim:\n%s", o.Kind, tc.kind, o.Reply, o.HeaderChanges, d.logs())
+				t.Fatalf("outcome %v, want %v (reply %v, changes %+v)\nopendkim:\n%s", o.Kind, tc.kind, o.Reply, o.HeaderChanges, d.Logs())
 			}
 			if tc.code != 0 {
 				// opendkim's own reply (smfi_setreply), with our trace.

@@ -1,0 +1,143 @@
+package enginetest
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// OpenDKIMAptHint installs the milter the child-milter tests drive.
+const OpenDKIMAptHint = "apt-get install -y --no-install-recommends opendkim (started by the tests, never as a system service)"
+
+// DKIMKey is a signing key and the TXT record that publishes it.
+type DKIMKey struct {
+	Key     *rsa.PrivateKey
+	PEMFile string
+	TXT     string
+}
+
+// NewDKIMKey writes a fresh 2048-bit RSA key as PEM into dir, the way
+// opendkim-genkey does, and returns it with the matching DNS record.
+func NewDKIMKey(dir string) (DKIMKey, error) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return DKIMKey{}, err
+	}
+	path := filepath.Join(dir, "test.private")
+	block := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})
+	if err := os.WriteFile(path, block, 0o600); err != nil {
+		return DKIMKey{}, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		return DKIMKey{}, err
+	}
+	return DKIMKey{Key: k, PEMFile: path, TXT: "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)}, nil
+}
+
+// OpenDKIMOptions configures StartOpenDKIM.
+type OpenDKIMOptions struct {
+	Dir  string   // working directory (short: it holds the unix socket)
+	Conf []string // opendkim.conf lines, without Socket and process settings
+	Inet bool     // listen on a free loopback port instead of a unix socket
+}
+
+// OpenDKIM is a running opendkim in the foreground.
+type OpenDKIM struct {
+	// Socket is its address in Postfix/opes syntax: "unix:/path" or
+	// "inet:PORT@127.0.0.1".
+	Socket string
+	dir    string
+	cmd    *exec.Cmd
+	done   chan struct{}
+}
+
+// StartOpenDKIM runs Debian's opendkim with o.Conf and waits until it
+// accepts connections (bounded at 10 s).
+func StartOpenDKIM(o OpenDKIMOptions) (*OpenDKIM, error) {
+	bin, err := LookBin("opendkim", OpenDKIMAptHint)
+	if err != nil {
+		return nil, err
+	}
+	d := &OpenDKIM{dir: o.Dir, done: make(chan struct{})}
+	var listen, network, address string
+	if o.Inet {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		listen = fmt.Sprintf("inet:%d@127.0.0.1", port)
+		d.Socket, network, address = listen, "tcp", fmt.Sprintf("127.0.0.1:%d", port)
+	} else {
+		sock := filepath.Join(o.Dir, "opendkim.sock")
+		listen, d.Socket, network, address = "local:"+sock, "unix:"+sock, "unix", sock
+	}
+	conf := append(append([]string(nil), o.Conf...),
+		"Socket "+listen,
+		"Background no",
+		"Syslog no",
+		"PidFile "+filepath.Join(o.Dir, "opendkim.pid"),
+		// The key lives under /tmp, which every user can write; a real
+		// installation keeps it in /etc/dkimkeys.
+		"RequireSafeKeys no",
+		"UMask 007",
+	)
+	cfg := filepath.Join(o.Dir, "opendkim.conf")
+	if err := os.WriteFile(cfg, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	out, err := os.Create(filepath.Join(o.Dir, "opendkim.out"))
+	if err != nil {
+		return nil, err
+	}
+	d.cmd = exec.Command(bin, "-f", "-x", cfg)
+	d.cmd.Stdout, d.cmd.Stderr = out, out
+	dieWithParent(d.cmd)
+	if err := d.cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start opendkim: %w", err)
+	}
+	go func() { _ = d.cmd.Wait(); _ = out.Close(); close(d.done) }()
+	for i := 0; ; i++ {
+		select {
+		case <-d.done:
+			return nil, fmt.Errorf("opendkim exited at start:\n%s", d.Logs())
+		default:
+		}
+		if c, err := net.DialTimeout(network, address, time.Second); err == nil {
+			_ = c.Close()
+			return d, nil
+		}
+		if i >= 1000 {
+			d.Stop()
+			return nil, fmt.Errorf("opendkim did not listen on %s within 10 s:\n%s", d.Socket, d.Logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Stop kills opendkim: libmilter takes seconds to act on SIGTERM, and
+// nothing of its state is worth keeping.
+func (d *OpenDKIM) Stop() {
+	select {
+	case <-d.done:
+	default:
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+// Logs returns what opendkim printed.
+func (d *OpenDKIM) Logs() string {
+	b, _ := os.ReadFile(filepath.Join(d.dir, "opendkim.out"))
+	return string(b)
+}
