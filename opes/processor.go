@@ -511,7 +511,8 @@ const maxExtraEntries = 8
 // maxExtraEntries per service. Others are dropped and logged.
 func (s *Session) addExtra(rec *traceRecord, via []TraceEntry, who string) {
 	for _, e := range via {
-		ok := len(rec.extra) < maxExtraEntries && CheckAgentURI(e.URI) == nil && e.URI != s.p.policy.System.URI && len(e.Params) <= 8
+		ok := len(rec.extra) < maxExtraEntries && CheckAgentURI(e.URI) == nil && e.URI != s.p.policy.System.URI &&
+			len(e.Params) <= 8 && len(e.String()) <= maxURILen+100 // fits one reply line
 		for _, p := range e.Params {
 			ok = ok && IsToken(p.Name) && len(p.Value) <= 200 && CheckPrintable(p.Value, 200) == nil
 		}

@@ -94,6 +94,9 @@ func SanitizeText(s string, max int) string {
 			c = '?'
 		}
 		if space {
+			if b.Len()+2 > max {
+				break // no room for the space and the next character
+			}
 			b.WriteByte(' ')
 			space = false
 		}

@@ -270,10 +270,13 @@ func quoteIfNeeded(v string) string {
 }
 
 // maxURILen bounds agent URIs so a folded trace line never exceeds 998.
-const maxURILen = 512
+// maxURILen keeps every trace entry on one reply line (PROFILE §3: ≤ 512
+// octets): a URI of this length with every parameter the processor writes
+// still fits "ddd-x.y.z OPES-Via: <entry>".
+const maxURILen = 384
 
 // CheckAgentURI enforces PROFILE §1: an absolute URI, no fragment, none of
-// `, ; " ( )`, white space or non-ASCII, at most 512 octets.
+// `, ; " ( )`, white space or non-ASCII, at most 384 octets.
 func CheckAgentURI(s string) error {
 	if s == "" {
 		return errors.New("empty URI")

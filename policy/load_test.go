@@ -138,7 +138,7 @@ func TestParseErrors(t *testing.T) {
 			`t.toml:5:13: report.addresses: "some": want full, domain or none`},
 		{"rule = [1]\n" + sys, `t.toml:1:9: rule[1]: expected a table, found an integer`},
 		{sys + "[[service]]\nname = \"" + strings.Repeat("n", 500) + "\"\nkind = \"tag\"\noptions = { header = \"X: 1\" }",
-			`t.toml:4:8: service[1].name: service URI: URI longer than 512 octets`},
+			`t.toml:4:8: service[1].name: service URI: URI longer than 384 octets`},
 	}
 	for _, tt := range tests {
 		_, err := Parse("t.toml", []byte(tt.src))

@@ -1,0 +1,121 @@
+package load
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat; it
+// is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// statFields returns the fields of /proc/PID/stat after the command name
+// (which may contain spaces and parentheses): index 0 is the state.
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("load: /proc/%d/stat: no command name", pid)
+	}
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// ProcCPU is the CPU time (user + system) of one process, including the
+// children it has waited for; -1 if it cannot be read.
+func ProcCPU(pid int) time.Duration {
+	f, err := statFields(pid)
+	if err != nil || len(f) < 15 {
+		return -1
+	}
+	var ticks int64
+	// utime, stime, cutime, cstime are fields 14-17 of stat(5), i.e. 11-14
+	// after the command name.
+	for _, s := range f[11:15] {
+		n, _ := strconv.ParseInt(s, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// descendants returns pids and every live process below them.
+func descendants(pids []int) []int {
+	parent := map[int]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := statFields(pid)
+		if err != nil || len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		parent[pid] = ppid
+	}
+	in := map[int]bool{}
+	for _, p := range pids {
+		in[p] = true
+	}
+	for changed := true; changed; {
+		changed = false
+		for pid, ppid := range parent {
+			if in[ppid] && !in[pid] {
+				in[pid], changed = true, true
+			}
+		}
+	}
+	out := make([]int, 0, len(in))
+	for p := range in {
+		out = append(out, p)
+	}
+	return out
+}
+
+// TreeCPU is the CPU time of the processes pids and all their live
+// descendants (a MIMEDefang multiplexor and its Perl workers, say).
+// Descendants that exited count once their parent has waited for them.
+func TreeCPU(pids []int) time.Duration {
+	var sum time.Duration
+	for _, p := range descendants(pids) {
+		if c := ProcCPU(p); c > 0 {
+			sum += c
+		}
+	}
+	return sum
+}
+
+// PeakRSS returns VmHWM, the peak resident set size of a process, in
+// octets.
+func PeakRSS(pid int) (int64, error) {
+	return statusKiB(pid, "VmHWM:")
+}
+
+// RSS returns VmRSS, the current resident set size, in octets.
+func RSS(pid int) (int64, error) {
+	return statusKiB(pid, "VmRSS:")
+}
+
+func statusKiB(pid int, key string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("load: /proc/%d/status %s %q: %w", pid, key, rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("load: /proc/%d/status has no %s", pid, key)
+}
