@@ -182,6 +182,13 @@ func TestGuaranteesThroughPostfix(t *testing.T) {
 		if code != 200 || !strings.Contains(body, "Example Net Ltd") || !strings.Contains(body, itSystem+"svc/external") {
 			t.Errorf("page: %d\n%s", code, body)
 		}
+		_, metricsBody := httpGet(t, "http://"+adminAddr+"/metrics")
+		for _, want := range []string{`opes_milter_bypass_decisions_total{decision="honored",reason=""} 1`,
+			`opes_milter_quarantine_held 0`, `opes_milter_outbox{status="queued"} `} {
+			if !strings.Contains(metricsBody, want) {
+				t.Errorf("/metrics lacks %q:\n%s", want, grepLines(metricsBody, "opes_milter_"))
+			}
+		}
 		// The API without a token is refused.
 		resp, err := http.Post("http://"+adminAddr+"/api/v1/quarantine/"+qid+"/release", "application/json", nil)
 		if err != nil {

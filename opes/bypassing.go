@@ -382,11 +382,13 @@ func (s *Session) bypassed(ctx context.Context, a *activeService, st Stage) bool
 		a.rec.bypass, a.rec.reason, a.rec.action = "honored", "", ""
 		a.rec.status = "skipped"
 		s.auditEvent("bypass-decision", spec.URI, "honored", "", map[string]string{"source": source, "stage": st.String()})
+		s.p.metrics.Bypass("honored", "")
 		return true
 	}
 	if a.rec.bypass != "refused" || a.rec.reason != reason {
 		a.rec.bypass, a.rec.reason = "refused", reason
 		s.auditEvent("bypass-decision", spec.URI, "refused", reason, map[string]string{"stage": st.String()})
+		s.p.metrics.Bypass("refused", reason)
 	}
 	return false
 }

@@ -20,14 +20,20 @@ func (m *recordedMetrics) Outcome(st Stage, v VerdictKind) {
 	m.outcomes = append(m.outcomes, st.String()+"/"+v.String())
 }
 
-func (m *recordedMetrics) ServiceCall(name string, st Stage, _ time.Duration, failed bool) {
+func (m *recordedMetrics) ServiceCall(name string, st Stage, _ time.Duration, status string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := name + "/" + st.String()
-	if failed {
-		s += "/failed"
+	if status != "" {
+		s += "/" + status
 	}
 	m.calls = append(m.calls, s)
+}
+
+func (m *recordedMetrics) Bypass(decision, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "bypass/"+decision+"/"+reason)
 }
 
 func TestMetrics(t *testing.T) {

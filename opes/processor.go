@@ -48,14 +48,19 @@ type Metrics interface {
 	// Outcome counts a decision: a refusal at its stage, or the end of a
 	// delivered message (StageEOM with Accept or Quarantine).
 	Outcome(st Stage, v VerdictKind)
-	// ServiceCall records one service hook and whether it failed.
-	ServiceCall(service string, st Stage, took time.Duration, failed bool)
+	// ServiceCall records one service hook; status is "" when it worked,
+	// else "failed" or "timeout" (the trace status).
+	ServiceCall(service string, st Stage, took time.Duration, status string)
+	// Bypass counts a bypass decision: "honored", or "refused" with the
+	// trace reason.
+	Bypass(decision, reason string)
 }
 
 type noMetrics struct{}
 
 func (noMetrics) Outcome(Stage, VerdictKind)                     {}
-func (noMetrics) ServiceCall(string, Stage, time.Duration, bool) {}
+func (noMetrics) ServiceCall(string, Stage, time.Duration, string) {}
+func (noMetrics) Bypass(string, string)                            {}
 
 // Option configures a Processor.
 type Option func(*Processor)
@@ -503,6 +508,17 @@ func (s *Session) viaEntries(decider *traceRecord) []TraceEntry {
 	return out
 }
 
+// errStatus is the trace status of a hook error: "" for none.
+func errStatus(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "failed"
+}
+
 // maxExtraEntries bounds the trace entries one service may add.
 const maxExtraEntries = 8
 
@@ -586,7 +602,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		v, err := s.call(ctx, a, st, rcpt)
 		took := time.Since(began)
 		a.rec.took += took
-		s.p.metrics.ServiceCall(a.spec.Name, st, took, err != nil)
+		s.p.metrics.ServiceCall(a.spec.Name, st, took, errStatus(err))
 		if st == StageEOM {
 			s.protectTrace(a, before)
 		}
@@ -595,10 +611,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 		}
 		if err != nil {
 			s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)
-			a.rec.status = "failed"
-			if errors.Is(err, context.DeadlineExceeded) {
-				a.rec.status = "timeout"
-			}
+			a.rec.status = errStatus(err)
 			switch a.spec.onError() {
 			case OnErrorContinue:
 				continue

@@ -138,6 +138,13 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer g.close()
+	if g.store != nil {
+		mx.WatchQueues(func(ctx context.Context) (metrics.QueueCounts, error) {
+			c, err := g.store.Counts(ctx)
+			return metrics.QueueCounts{QuarantineHeld: c.QuarantineHeld, QuarantineBytes: c.QuarantineBytes,
+				OutboxQueued: c.OutboxQueued, OutboxFailed: c.OutboxFailed}, err
+		})
+	}
 	procOpts := func(c *policy.Config) []opes.Option {
 		opts := append([]opes.Option{opes.WithMetrics(mx)}, g.options()...)
 		if len(reporters) > 0 {

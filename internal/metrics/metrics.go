@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -21,6 +22,7 @@ type Metrics struct {
 	outcomes   *prometheus.CounterVec
 	svcLatency *prometheus.HistogramVec
 	svcErrors  *prometheus.CounterVec
+	bypass     *prometheus.CounterVec
 	sessions   prometheus.Gauge
 	malformed  prometheus.Counter
 	reloads    *prometheus.CounterVec
@@ -43,8 +45,12 @@ func New() *Metrics {
 		}, []string{"service", "stage"}),
 		svcErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "opes_milter_service_errors_total",
-			Help: "Service hooks that failed (error, panic or timeout), by service.",
-		}, []string{"service"}),
+			Help: "Service hooks that failed, by service and status: failed (error, panic, refused connection, garbage) or timeout. Callout, ICAP and child-milter failures count here under their service.",
+		}, []string{"service", "status"}),
+		bypass: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "opes_milter_bypass_decisions_total",
+			Help: "Bypass decisions per service and transaction: honored, or refused with the trace reason (non-bypassable, no-non-opes-version, unauthenticated).",
+		}, []string{"decision", "reason"}),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "opes_milter_sessions",
 			Help: "Milter sessions open now (one per SMTP connection of the MTA).",
@@ -70,7 +76,7 @@ func New() *Metrics {
 	m.reloads.WithLabelValues("error")
 	m.reloadOK.Set(1)
 	m.reloadTime.SetToCurrentTime()
-	m.reg.MustRegister(m.outcomes, m.svcLatency, m.svcErrors, m.sessions, m.malformed, m.reloads, m.reloadOK, m.reloadTime,
+	m.reg.MustRegister(m.outcomes, m.svcLatency, m.svcErrors, m.bypass, m.sessions, m.malformed, m.reloads, m.reloadOK, m.reloadTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -86,11 +92,62 @@ func (m *Metrics) Outcome(st opes.Stage, v opes.VerdictKind) {
 }
 
 // ServiceCall implements opes.Metrics.
-func (m *Metrics) ServiceCall(service string, st opes.Stage, took time.Duration, failed bool) {
+func (m *Metrics) ServiceCall(service string, st opes.Stage, took time.Duration, status string) {
 	m.svcLatency.WithLabelValues(service, st.String()).Observe(took.Seconds())
-	if failed {
-		m.svcErrors.WithLabelValues(service).Inc()
+	if status != "" {
+		m.svcErrors.WithLabelValues(service, status).Inc()
 	}
+}
+
+// Bypass implements opes.Metrics.
+func (m *Metrics) Bypass(decision, reason string) {
+	m.bypass.WithLabelValues(decision, reason).Inc()
+}
+
+// QueueCounts are the queue sizes the daemon exports (the store's).
+type QueueCounts struct {
+	QuarantineHeld, QuarantineBytes, OutboxQueued, OutboxFailed int64
+}
+
+// WatchQueues exports the quarantine and report queue sizes, read from
+// counts at every scrape (bounded by a 2 s deadline; a failed read
+// exports nothing and counts the error).
+func (m *Metrics) WatchQueues(counts func(ctx context.Context) (QueueCounts, error)) {
+	m.reg.MustRegister(&queueCollector{counts: counts,
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "opes_milter_queue_read_errors_total", Help: "Scrapes that could not read the queue sizes from the store."})})
+}
+
+var (
+	descQuarantineHeld  = prometheus.NewDesc("opes_milter_quarantine_held", "Messages held in the quarantine store.", nil, nil)
+	descQuarantineBytes = prometheus.NewDesc("opes_milter_quarantine_bytes", "Bytes of messages held in the quarantine store.", nil, nil)
+	descOutbox          = prometheus.NewDesc("opes_milter_outbox", "Non-delivery reports in the outbox, by status: queued (waiting for the relay) or failed (refused for good).", []string{"status"}, nil)
+)
+
+type queueCollector struct {
+	counts func(ctx context.Context) (QueueCounts, error)
+	errors prometheus.Counter
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descQuarantineHeld
+	ch <- descQuarantineBytes
+	ch <- descOutbox
+	c.errors.Describe(ch)
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	q, err := c.counts(ctx)
+	if err != nil {
+		c.errors.Inc()
+	} else {
+		ch <- prometheus.MustNewConstMetric(descQuarantineHeld, prometheus.GaugeValue, float64(q.QuarantineHeld))
+		ch <- prometheus.MustNewConstMetric(descQuarantineBytes, prometheus.GaugeValue, float64(q.QuarantineBytes))
+		ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(q.OutboxQueued), "queued")
+		ch <- prometheus.MustNewConstMetric(descOutbox, prometheus.GaugeValue, float64(q.OutboxFailed), "failed")
+	}
+	c.errors.Collect(ch)
 }
 
 // SessionOpened and SessionClosed track milter sessions.

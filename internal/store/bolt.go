@@ -513,3 +513,36 @@ func (b *boltBackend) listOutbox(ctx context.Context, status OutboxStatus, limit
 	})
 	return items, err
 }
+
+func (b *boltBackend) counts(ctx context.Context) (Counts, error) {
+	var c Counts
+	err := b.view(ctx, func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bQ).ForEach(func(k, v []byte) error {
+			var it QuarantineItem
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			if it.Status == Held {
+				c.QuarantineHeld++
+				c.QuarantineBytes += it.Size
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bOut).ForEach(func(k, v []byte) error {
+			var it OutboxItem
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			switch it.Status {
+			case Queued:
+				c.OutboxQueued++
+			case Failed:
+				c.OutboxFailed++
+			}
+			return nil
+		})
+	})
+	return c, err
+}

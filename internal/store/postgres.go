@@ -436,3 +436,13 @@ func (b *pgBackend) listOutbox(ctx context.Context, status OutboxStatus, limit i
 	items, err := pgx.CollectRows(rows, scanOut)
 	return nilIfEmpty(items), err
 }
+
+func (b *pgBackend) counts(ctx context.Context) (Counts, error) {
+	var c Counts
+	err := b.pool.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM opes_quarantine WHERE status = 'held'),
+		(SELECT COALESCE(sum(size), 0) FROM opes_quarantine WHERE status = 'held'),
+		(SELECT count(*) FROM opes_outbox WHERE status = 'queued'),
+		(SELECT count(*) FROM opes_outbox WHERE status = 'failed')`).Scan(&c.QuarantineHeld, &c.QuarantineBytes, &c.OutboxQueued, &c.OutboxFailed)
+	return c, err
+}

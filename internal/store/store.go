@@ -51,6 +51,7 @@ type backend interface {
 	retry(ctx context.Context, id string, next time.Time, lastErr string) error
 	fail(ctx context.Context, id string, lastErr string) error
 	listOutbox(ctx context.Context, status OutboxStatus, limit int) ([]OutboxItem, error)
+	counts(ctx context.Context) (Counts, error)
 
 	close() error
 }
@@ -438,4 +439,21 @@ func (s *Store) ListOutbox(ctx context.Context, status OutboxStatus, limit int) 
 		return nil, fmt.Errorf("store: list outbox: %w", err)
 	}
 	return items, nil
+}
+
+// Counts are the sizes of the queues, for metrics.
+type Counts struct {
+	QuarantineHeld  int64 // held messages
+	QuarantineBytes int64 // bytes of held messages
+	OutboxQueued    int64 // reports waiting for the relay
+	OutboxFailed    int64 // reports the relay refused for good
+}
+
+// Counts returns the sizes of the quarantine and the outbox.
+func (s *Store) Counts(ctx context.Context) (Counts, error) {
+	c, err := s.b.counts(ctx)
+	if err != nil {
+		return c, fmt.Errorf("store: counts: %w", err)
+	}
+	return c, nil
 }

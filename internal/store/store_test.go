@@ -45,6 +45,7 @@ func runSuite(t *testing.T, newDB func(t *testing.T) database) {
 		{"ConcurrentClaim", testConcurrentClaim},
 		{"Reopen", testReopen},
 		{"CancelledContext", testCancelledContext},
+		{"Counts", testCounts},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newDB(t)) })
@@ -768,5 +769,48 @@ func testCancelledContext(t *testing.T, db database) {
 	}
 	if _, err := s.Claim(ctx, time.Now(), time.Minute, 1); !errors.Is(err, context.Canceled) {
 		t.Errorf("Claim with a cancelled context: %v", err)
+	}
+}
+
+func testCounts(t *testing.T, db database) {
+	s := db.open(t, 0)
+	ctx := ctxT(t)
+	c, err := s.Counts(ctx)
+	if err != nil || c != (Counts{}) {
+		t.Fatalf("empty store: %+v %v", c, err)
+	}
+	now := time.Now().UTC()
+	var held []QuarantineItem
+	for i := range 3 {
+		it, err := s.PutQuarantine(ctx, QuarantineItem{TraceID: fmt.Sprint("T", i), Sender: "a@example.org", Recipients: []string{"b@example.net"},
+			Reason: "r", Service: "https://x.example/svc/a", Created: now, Expires: now.Add(time.Hour)}, strings.NewReader("Subject: x\r\n\r\n12345\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, it)
+	}
+	if err := s.SetQuarantineStatus(ctx, held[0].ID, Released, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for range 3 {
+		id, err := s.Enqueue(ctx, OutboxItem{Recipients: []string{"a@example.org"}, Data: []byte("x"), NextAttempt: now, Created: now, Status: Queued})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, id)
+	}
+	if err := s.Fail(ctx, out[0], "550 no"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Done(ctx, out[1]); err != nil {
+		t.Fatal(err)
+	}
+	c, err = s.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Counts{QuarantineHeld: 2, QuarantineBytes: held[1].Size + held[2].Size, OutboxQueued: 1, OutboxFailed: 1}); c != want {
+		t.Errorf("Counts = %+v, want %+v", c, want)
 	}
 }
