@@ -58,7 +58,7 @@ type Metrics interface {
 
 type noMetrics struct{}
 
-func (noMetrics) Outcome(Stage, VerdictKind)                     {}
+func (noMetrics) Outcome(Stage, VerdictKind)                       {}
 func (noMetrics) ServiceCall(string, Stage, time.Duration, string) {}
 func (noMetrics) Bypass(string, string)                            {}
 
