@@ -222,3 +222,54 @@ func TestServiceTraceEntries(t *testing.T) {
 		t.Errorf("OPES-Via:\n%s\nwant\n%s", via, want)
 	}
 }
+
+// bodyRewriter replaces the body at the end of message.
+type bodyRewriter struct{}
+
+func (bodyRewriter) Needs() Needs                    { return Needs{Stages: StagesOf(StageEOM), Body: true} }
+func (bodyRewriter) Begin(tx *Transaction) ServiceTx { return &bodyRewriterTx{tx: tx} }
+
+type bodyRewriterTx struct {
+	BaseTx
+	tx *Transaction
+}
+
+func (x *bodyRewriterTx) EndOfMessage(context.Context) (Verdict, error) {
+	return ContinueVerdict, x.tx.ReplaceBody(func(w *Body) error {
+		_, err := w.Write([]byte("rewritten\r\n"))
+		return err
+	})
+}
+
+// Signed content is not modified unless the service is allowed to
+// (PROFILE §6).
+func TestSignedContentNotModified(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		sp := spec("rewriter", bodyRewriter{})
+		sp.ModifySigned = allow
+		p := &Policy{System: System{URI: testSystem}, Services: []*ServiceSpec{sp},
+			Rules: []*Rule{{Name: "all", Stage: StageConnect, Run: []*ServiceSpec{sp}}}}
+		proc, err := NewProcessor(p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proc.Needs().Headers {
+			t.Fatal("a body-reading policy must read the Content-Type")
+		}
+		signed := [][2]string{{"Content-Type", `multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="b"`}}
+		_, _, o := drive(t, proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")}, header: signed, body: "--b\r\n\r\nx\r\n--b--\r\n"})
+		if allow != (o.Body != nil) {
+			t.Errorf("modify_signed=%v: body replaced = %v", allow, o.Body != nil)
+		}
+		via := viaOf(t, o)
+		if !allow && !strings.Contains(via, "svc/rewriter; action=analyzed; status=skipped; reason=signed") {
+			t.Errorf("trace: %s", via)
+		}
+		// An unsigned message is modified either way.
+		_, _, o = drive(t, proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")},
+			header: [][2]string{{"Content-Type", "text/plain"}}, body: "x\r\n"})
+		if o.Body == nil || !strings.Contains(viaOf(t, o), "svc/rewriter; action=modified") {
+			t.Errorf("unsigned message not modified: %s", viaOf(t, o))
+		}
+	}
+}

@@ -186,7 +186,9 @@ func (p *Policy) Needs() Needs {
 			}
 		}
 	}
-	if n.Stages.Has(StageHeaders) {
+	if n.Stages.Has(StageHeaders) || n.Body {
+		// A service reading the body may replace it, which needs the
+		// Content-Type to tell signed content (PROFILE §6).
 		n.Headers = true
 	}
 	return n

@@ -205,6 +205,7 @@ type traceRecord struct {
 	status     string
 	bypass     string // honored, refused
 	reason     string // why a bypass was refused
+	skipReason string // why the service's work was skipped (status=skipped), e.g. "signed"
 	bypassable bool
 	took       time.Duration // all hooks of the transaction
 	extra      []TraceEntry  // agents the service invoked (Verdict.Via)
@@ -496,6 +497,9 @@ func (s *Session) viaEntries(decider *traceRecord) []TraceEntry {
 		}
 		if r.status != "" {
 			e.Params = append(e.Params, TraceParam{Name: "status", Value: r.status})
+			if r.skipReason != "" && r.bypass == "" {
+				e.Params = append(e.Params, TraceParam{Name: "reason", Value: r.skipReason})
+			}
 		}
 		if r == decider {
 			e.Params = append(e.Params, TraceParam{Name: "bypassable", Value: yesNo(r.bypassable)})
@@ -686,6 +690,9 @@ func (s *Session) apply(st Stage, rcpt *Recipient, rec *traceRecord, v Verdict, 
 	rec.note(v.action())
 	if v.Status != "" {
 		rec.status = SanitizeText(v.Status, 32)
+		if rec.status == "skipped" && IsToken(v.Reason) && len(v.Reason) <= 32 {
+			rec.skipReason = v.Reason // e.g. status=skipped; reason=signed
+		}
 	}
 	switch v.Kind {
 	case Accept:
@@ -850,6 +857,16 @@ func (s *Session) call(ctx context.Context, a *activeService, st Stage, rcpt *Re
 	case StageEOM:
 		before := s.tx.Header.Fields()
 		v, err = a.tx.EndOfMessage(ctx)
+		if err == nil && s.tx.newBody != bodyBefore && !a.spec.ModifySigned && s.tx.signedContent() {
+			// PROFILE §6: signed or encrypted content is not modified
+			// by default; the service's verdict still counts.
+			_ = s.tx.newBody.Close()
+			s.tx.newBody = bodyBefore
+			if v.Kind == Continue {
+				v.Action, v.Status, v.Reason = "analyzed", "skipped", "signed"
+			}
+			s.p.log.Info("opes: body change of a signed message undone", "trace_id", s.traceID(), "service", a.spec.Name)
+		}
 		changed = s.tx.newBody != bodyBefore || !slices.Equal(before, s.tx.Header.fields)
 	}
 	if err == nil && changed && v.Action == "" && v.Kind == Continue {

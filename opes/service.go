@@ -98,6 +98,10 @@ type ServiceSpec struct {
 	Kind                string
 	URI                 string // absolute; default <system-uri>svc/<name>
 	Bypassable          bool
+	// ModifySigned lets the service replace the body of a signed or
+	// encrypted message (PROFILE §6: by default such content is not
+	// modified, and the trace says status=skipped; reason=signed).
+	ModifySigned bool
 	RequiredForDelivery bool
 	OnError             OnError
 	Impl                Service

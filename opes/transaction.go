@@ -3,6 +3,7 @@ package opes
 import (
 	"errors"
 	"fmt"
+	"mime"
 	"net/netip"
 	"strings"
 )
@@ -201,4 +202,20 @@ func (t *Transaction) close() {
 	if t.newBody != nil {
 		_ = t.newBody.Close()
 	}
+}
+
+// signedContent reports whether the message is signed or encrypted as a
+// whole (S/MIME, PGP/MIME), judged by its top-level Content-Type.
+func (t *Transaction) signedContent() bool {
+	mt, _, err := mime.ParseMediaType(t.Header.Get("Content-Type"))
+	if err != nil {
+		return false
+	}
+	switch mt {
+	case "multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime", "application/pgp-encrypted":
+		return true
+	case "application/pkcs7-signature", "application/x-pkcs7-signature":
+		return true
+	}
+	return false
 }

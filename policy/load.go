@@ -21,7 +21,7 @@ var (
 	adminKeys   = []string{"listen", "allow_remote", "token_file"}
 	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
-	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "on_error", "options"}
+	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "modify_signed", "on_error", "options"}
 	ruleKeys    = []string{"name", "stage", "run", "verdict", "reply", "code", "enhanced", "reason", "when"}
 )
 

@@ -85,6 +85,9 @@ func (l *loader) services(v any, prim toml.Primitive, pol *opes.Policy) map[stri
 		if b, ok := t.boolean("required_for_delivery"); ok {
 			spec.RequiredForDelivery = b
 		}
+		if b, ok := t.boolean("modify_signed"); ok {
+			spec.ModifySigned = b
+		}
 		if s, ok := t.str("on_error"); ok {
 			switch s {
 			case "tempfail":
