@@ -406,8 +406,17 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 		s.p.metrics.Outcome(StageEOM, Accept)
 		s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Accept.String()}
 	}
-	s.p.log.Info("opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
-		"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
+	// A message no service touched gets its trace and a debug line: the
+	// MTA logs the delivery, and a line per message costs measurable
+	// throughput (docs/performance.md). Anything that acted is logged.
+	level := slog.LevelInfo
+	if len(s.run.records) == 0 && o.Quarantine == "" {
+		level = slog.LevelDebug
+	}
+	if s.p.log.Enabled(ctx, level) {
+		s.p.log.Log(ctx, level, "opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
+			"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
+	}
 	return o
 }
 

@@ -53,15 +53,34 @@ func (e TraceEntry) pieces() []string {
 	return out
 }
 
-func (e TraceEntry) String() string { return strings.Join(e.pieces(), "; ") }
+func (e TraceEntry) String() string {
+	var b strings.Builder
+	e.writeTo(&b)
+	return b.String()
+}
+
+// writeTo appends the entry as String renders it, without intermediate
+// strings: the trace of every message goes through here.
+func (e TraceEntry) writeTo(b *strings.Builder) {
+	b.WriteString(e.URI)
+	for _, p := range e.Params {
+		b.WriteString("; ")
+		b.WriteString(p.Name)
+		b.WriteByte('=')
+		b.WriteString(quoteIfNeeded(p.Value))
+	}
+}
 
 // FormatTraceList renders entries as one unfolded list value.
 func FormatTraceList(entries []TraceEntry) string {
-	parts := make([]string, len(entries))
+	var b strings.Builder
 	for i, e := range entries {
-		parts[i] = e.String()
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		e.writeTo(&b)
 	}
-	return strings.Join(parts, ", ")
+	return b.String()
 }
 
 // maxLine is the soft line limit for generated header fields (RFC 5322
@@ -76,6 +95,11 @@ const (
 // exceeds 78 octets where a break is possible (and 998 never: URIs and
 // parameters are bounded at load). The result carries no leading space.
 func FoldTraceList(name string, entries []TraceEntry) string {
+	// Most lists (the system entry, a trace-only OPES-Via) fit one line:
+	// no folding to work out.
+	if flat := FormatTraceList(entries); len(name)+2+len(flat) <= maxLine {
+		return flat
+	}
 	var b strings.Builder
 	col := len(name) + 2
 	first := true
