@@ -94,14 +94,14 @@ const (
 // ServiceSpec is a configured service instance: the policy attributes
 // around an implementation.
 type ServiceSpec struct {
-	Name                string
-	Kind                string
-	URI                 string // absolute; default <system-uri>svc/<name>
-	Bypassable          bool
+	Name       string
+	Kind       string
+	URI        string // absolute; default <system-uri>svc/<name>
+	Bypassable bool
 	// ModifySigned lets the service replace the body of a signed or
 	// encrypted message (PROFILE §6: by default such content is not
 	// modified, and the trace says status=skipped; reason=signed).
-	ModifySigned bool
+	ModifySigned        bool
 	RequiredForDelivery bool
 	OnError             OnError
 	Impl                Service
