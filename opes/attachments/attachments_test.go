@@ -195,6 +195,9 @@ func TestScan(t *testing.T) {
 		{"encrypted zip", "", mixed("b1", attachment("s.zip", "application/zip", encZip)), FindingEncrypted, "(s.zip)"},
 		{"encrypted zip allowed", "block_encrypted_archives = false", mixed("b1", attachment("s.zip", "application/zip", encZip)), "", ""},
 		{"zip above max_archive_size not listed", "max_archive_size = 100", mixed("b1", attachment("files.zip", "application/zip", jsZip)), "", ""},
+		{"js in a zip in a zip", "", mixed("b1", attachment("outer.zip", "application/zip", makeZip(t, zipEntry{name: "readme.txt", data: "hi"}, zipEntry{name: "inner.ZIP", data: string(jsZip)}))), FindingExtension, ".js (outer.zip: inner.ZIP: docs/a.js)"},
+		{"clean zip in a zip", "", mixed("b1", attachment("outer.zip", "application/zip", makeZip(t, zipEntry{name: "inner.zip", data: string(cleanZip)}))), "", ""},
+		{"zips nested five deep", "", mixed("b1", attachment("n.zip", "application/zip", nest(t, cleanZip, 5))), FindingArchiveBomb, "nested more than 4 deep"},
 		{"zip claiming 2 GiB", "", mixed("b1", attachment("b.zip", "application/zip", bomb(t, 200, 10<<20))), FindingArchiveBomb, "claims more than 1 GiB"},
 		{"nested rfc822 with exe", "", mixed("b1", text, part("Content-Type: message/rfc822", rfc822)), FindingExtension, ".exe (tool.EXE)"},
 		{"custom extensions", `block_extensions = ["PDF"]`, mixed("b1", attachment("setup.exe", "application/octet-stream", []byte("x")), attachment("r.pdf", "application/pdf", []byte("x"))), FindingExtension, ".pdf"},
@@ -576,4 +579,12 @@ func TestReplace(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nest wraps z in depth zips, each holding the previous as "inner.zip".
+func nest(t testing.TB, z []byte, depth int) []byte {
+	for range depth {
+		z = makeZip(t, zipEntry{name: "inner.zip", data: string(z)})
+	}
+	return z
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // maxArchiveExpanded bounds the sum of the sizes the central directory of
@@ -44,10 +45,14 @@ func (sc *scanner) archive(body io.Reader, head []byte, name string) error {
 		}
 		return nil
 	}
-	return sc.listZip(f, size, name)
+	return sc.listZip(f, size, name, 1)
 }
 
-func (sc *scanner) listZip(f *os.File, size int64, name string) error {
+// maxZipNesting bounds zips inside zips: each level is spooled and listed
+// like the outer one; a deeper archive is refused as a bomb.
+const maxZipNesting = 4
+
+func (sc *scanner) listZip(f *os.File, size int64, name string, level int) error {
 	count, err := zipEntries(f, size)
 	if err != nil {
 		return sc.found(FindingMalformed, name, "unreadable zip archive")
@@ -72,7 +77,53 @@ func (sc *scanner) listZip(f *os.File, size int64, name string) error {
 			return sc.found(FindingArchiveBomb, name, "claims more than 1 GiB")
 		}
 	}
+	// Zips inside the zip: their members' names and types count too.
+	for _, m := range zr.File {
+		if m.Flags&1 != 0 || m.UncompressedSize64 > uint64(sc.s.limits.archiveSize) || !isZipName(m.Name) {
+			continue
+		}
+		inner := name + ": " + m.Name
+		if level >= maxZipNesting {
+			return sc.found(FindingArchiveBomb, inner, fmt.Sprintf("zip nested more than %d deep", maxZipNesting))
+		}
+		if err := sc.nestedZip(m, inner, level+1); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+func isZipName(n string) bool {
+	return len(n) > 4 && strings.EqualFold(n[len(n)-4:], ".zip")
+}
+
+// nestedZip spools one member that is a zip (bounded by its declared size
+// and max_archive_size, whatever it really expands to) and lists it.
+func (sc *scanner) nestedZip(m *zip.File, name string, level int) error {
+	rc, err := m.Open()
+	if err != nil {
+		return sc.found(FindingMalformed, name, "unreadable zip archive")
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp("", "opes-zip-*")
+	if err != nil {
+		return fmt.Errorf("attachments: spool archive: %w", err)
+	}
+	_ = os.Remove(f.Name())
+	defer f.Close()
+	limit := min(int64(m.UncompressedSize64), sc.s.limits.archiveSize)
+	n, err := io.Copy(f, io.LimitReader(rc, limit+1))
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("attachments: spool archive: %w", err)
+		}
+		return sc.found(FindingMalformed, name, "unreadable zip archive")
+	}
+	if n > limit {
+		return sc.found(FindingArchiveBomb, name, "expands beyond what it declares")
+	}
+	return sc.listZip(f, n, name, level)
 }
 
 // zipEntries reads the number of members from the end of central
