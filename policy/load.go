@@ -133,6 +133,9 @@ func (l *loader) load() *Config {
 	l.quarantineSection(root.m["quarantine"], &cfg.Quarantine, &cfg.Store)
 	l.ndrSection(root.m["ndr"], &cfg.NDR)
 	l.auditSection(root.m["audit"], &cfg.Audit)
+	if cfg.Admin.TokenFile != "" && cfg.Store.Backend != "" && cfg.Audit.Log == "" {
+		l.errorf(path{{key: "admin"}, {key: "token_file"}}, "with a [store] the API changes bypass preferences, which must be audit-logged: set [audit] log")
+	}
 	if cfg.NDR.Relay != "" && cfg.Store.Backend == "" {
 		l.errorf(path{{key: "ndr"}, {key: "relay"}}, "needs a [store]: reports are queued in its outbox before the MTA is answered")
 	}
