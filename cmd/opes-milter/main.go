@@ -253,7 +253,9 @@ func reload(srv *milter.Server, path, listen string, old *policy.Config, log *sl
 	if err == nil {
 		var proc *opes.Processor
 		if proc, err = opes.NewProcessor(cfg.Policy, log, procOpts(cfg)...); err == nil {
+			retired := srv.Processor()
 			srv.SetProcessor(proc)
+			retire(retired, log)
 			if (cfg.Milter.Listen != old.Milter.Listen && listen == old.Milter.Listen) || cfg.Admin != old.Admin ||
 				cfg.Store != old.Store || cfg.NDR != old.NDR || cfg.Quarantine != old.Quarantine || cfg.Audit != old.Audit ||
 				cfg.Report.Transactions != old.Report.Transactions || cfg.Report.Addresses != old.Report.Addresses {
@@ -266,6 +268,35 @@ func reload(srv *milter.Server, path, listen string, old *policy.Config, log *sl
 	}
 	log.Error("opes-milter: reload refused, keeping the running policy", "err", err.Error())
 	return err
+}
+
+// retireAfter is how long a replaced policy's services keep their
+// resources (callout connection pools): longer than the MTA's end-of-message
+// milter timeout, so sessions that started under the old policy finish.
+const retireAfter = 6 * time.Minute
+
+// retire releases the resources of a replaced policy's services once the
+// sessions that may still use them are over.
+func retire(old *opes.Processor, log *slog.Logger) {
+	if old == nil {
+		return
+	}
+	type closer interface{ Close() } // callout and ICAP connection pools
+	var closers []closer
+	for _, s := range old.Policy().Services {
+		if c, ok := s.Impl.(closer); ok {
+			closers = append(closers, c)
+		}
+	}
+	if len(closers) == 0 {
+		return
+	}
+	log.Debug("opes-milter: retiring the replaced policy's services", "services", len(closers), "after", retireAfter.String())
+	time.AfterFunc(retireAfter, func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	})
 }
 
 // serveAdmin starts the admin HTTP listener.
