@@ -1,0 +1,355 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/mail"
+	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Helpers of the fault-injection and soak tests (faults_test.go,
+// soak_test.go): misbehaving scanners, a milter restarted on the socket
+// Postfix already uses, a goroutine-safe SMTP session, and readers for the
+// admin API and the reports at the sink.
+
+// faultToken is the admin API token of the fault and soak policies.
+const faultToken = guaranteeToken
+
+// writeTokens writes the admin token file into dir and returns its path.
+func writeTokens(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(p, []byte(faultToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// fakeScanner is a TCP listener that plays a broken clamd: every
+// connection is handed to serve. It stops, and closes every connection,
+// at cleanup.
+type fakeScanner struct {
+	l     net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startFakeScanner(t *testing.T, serve func(net.Conn)) *fakeScanner {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("fake scanner: %v", err)
+	}
+	s := &fakeScanner{l: l}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		s.mu.Lock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+// Socket is the listener in the clamav service's syntax.
+func (s *fakeScanner) Socket() string { return "tcp:" + s.l.Addr().String() }
+
+// stallingScanner accepts and reads, and never answers: a scanner hung
+// past any deadline. The connection stays open until the client gives up
+// (or cleanup).
+func stallingScanner(t *testing.T) *fakeScanner {
+	return startFakeScanner(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c)
+	})
+}
+
+// garbageScanner reads a whole INSTREAM request, as clamd would, and then
+// answers pseudo-random bytes (a fixed seed: the same garbage every run)
+// and closes. reqs receives one value per complete request read.
+func garbageScanner(t *testing.T, reqs chan<- struct{}) *fakeScanner {
+	return startFakeScanner(t, func(c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if err := readInstream(bufio.NewReader(c)); err != nil {
+			return
+		}
+		select {
+		case reqs <- struct{}{}:
+		default:
+		}
+		rng := rand.New(rand.NewPCG(8, 1997))
+		junk := make([]byte, 700)
+		for i := range junk {
+			junk[i] = byte(rng.UintN(256))
+		}
+		_, _ = c.Write(junk)
+	})
+}
+
+// readInstream consumes "zINSTREAM\0" and the length-prefixed chunks up
+// to the zero-length terminator.
+func readInstream(r *bufio.Reader) error {
+	cmd, err := r.ReadString(0)
+	if err != nil {
+		return err
+	}
+	if cmd != "zINSTREAM\x00" {
+		return fmt.Errorf("not an INSTREAM request: %q", cmd)
+	}
+	var n [4]byte
+	for {
+		if _, err := io.ReadFull(r, n[:]); err != nil {
+			return err
+		}
+		size := binary.BigEndian.Uint32(n[:])
+		if size == 0 {
+			return nil
+		}
+		if _, err := io.CopyN(io.Discard, r, int64(size)); err != nil {
+			return err
+		}
+	}
+}
+
+// restartMilter starts a new opes-milter on the socket and with the
+// policy of old, which must have exited (killed): Postfix keeps the socket
+// it was configured with, so a restart must come back on the same one, as
+// a service manager would restart it. StartMilter always picks a new
+// socket, hence this.
+func restartMilter(t *testing.T, old *Milter) *Milter {
+	t.Helper()
+	m := &Milter{t: t, listen: old.listen, postfx: old.postfx, config: old.config,
+		log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
+	args := []string{"-listen", m.listen, "-socket-mode", "0666", "-log-level", "debug"}
+	if m.config != "" {
+		args = append(args, "-config", m.config)
+	}
+	m.cmd = exec.Command(milterBinary, args...)
+	m.cmd.Stderr = syncWriter{m.mu, m.log}
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatalf("restart opes-milter: %v", err)
+	}
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() {
+		m.Stop()
+		if t.Failed() {
+			t.Logf("restarted opes-milter log:\n%s", m.Log())
+		}
+	})
+	network, addr := "tcp", strings.TrimPrefix(m.postfx, "inet:")
+	if strings.HasPrefix(m.listen, "unix:") {
+		network, addr = "unix", strings.TrimPrefix(m.listen, "unix:")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout(network, addr, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			return m
+		}
+		select {
+		case err := <-m.done:
+			m.done <- err
+			t.Fatalf("restarted opes-milter exited at start (%v):\n%s", err, m.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted opes-milter not listening on %s after 10 s:\n%s", m.listen, m.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// trySendMail is SendMail for other goroutines than the test's: it never
+// fails the test, it returns the error of a connection that could not be
+// made (the transcript holds every other failure).
+func trySendMail(t *testing.T, addr, from string, rcpts []string, msg []byte) (Transcript, error) {
+	c, err := TryDial(t, addr)
+	if err != nil {
+		return Transcript{}, err
+	}
+	defer c.Close()
+	func() {
+		if _, err := c.TryCmd("EHLO client.example.test"); err != nil {
+			return
+		}
+		if rep, err := c.TryCmd(mailCmd(from, nil)); err != nil || !rep.Positive() {
+			return
+		}
+		ok := 0
+		for _, r := range rcpts {
+			rep, err := c.TryCmd(rcptCmd(r, nil))
+			if err != nil {
+				return
+			}
+			if rep.Positive() {
+				ok++
+			}
+		}
+		if ok > 0 {
+			_, _ = c.TryData(msg)
+		}
+	}()
+	if c.tr.Err == nil {
+		_, _ = c.TryCmd("QUIT")
+	}
+	return c.Transcript(), nil
+}
+
+var queuedAs = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)
+
+// queueID is the Postfix queue id in a 250 reply to the end of data.
+func queueID(r Reply) string {
+	if m := queuedAs.FindStringSubmatch(r.Raw); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+var enhancedCode = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)
+
+// replyText joins the text of a reply's lines, without code and enhanced
+// code, so that a trace entry folded over two lines can be searched.
+func replyText(r Reply) string {
+	var parts []string
+	for _, l := range r.Text() {
+		if f := strings.SplitN(l, " ", 2); len(f) == 2 && enhancedCode.MatchString(f[0]) {
+			l = f[1]
+		}
+		parts = append(parts, l)
+	}
+	return strings.Join(parts, " ")
+}
+
+// quarantineItem and outboxItem are the parts of the admin API's
+// QuarantineView and OutboxView these tests read.
+type quarantineItem struct {
+	ID         string   `json:"id"`
+	TraceID    string   `json:"trace_id"`
+	QueueID    string   `json:"queue_id"`
+	Sender     string   `json:"sender"`
+	Recipients []string `json:"recipients"`
+	Reason     string   `json:"reason"`
+	Status     string   `json:"status"`
+}
+
+type outboxItem struct {
+	ID         string   `json:"id"`
+	TraceID    string   `json:"trace_id"`
+	Sender     string   `json:"sender"`
+	Recipients []string `json:"recipients"`
+	Attempts   int      `json:"attempts"`
+	LastError  string   `json:"last_error"`
+	Status     string   `json:"status"`
+}
+
+// listQuarantine lists the quarantine through the admin API; recipient
+// ("" for all, or "@domain") narrows it: the API answers at most 1000
+// items per request.
+func listQuarantine(t *testing.T, adminAddr, recipient string) []quarantineItem {
+	t.Helper()
+	url := "http://" + adminAddr + "/api/v1/quarantine?limit=1000"
+	if recipient != "" {
+		url += "&recipient=" + recipient
+	}
+	var items []quarantineItem
+	apiJSON(t, "GET", url, &items)
+	return items
+}
+
+func listOutbox(t *testing.T, adminAddr string) []outboxItem {
+	t.Helper()
+	var items []outboxItem
+	apiJSON(t, "GET", "http://"+adminAddr+"/api/v1/outbox?limit=1000", &items)
+	return items
+}
+
+// reportedMessageID returns the Message-ID named by the text/rfc822-headers
+// part of a delivery report (RFC 3462), without angle brackets.
+func reportedMessageID(msg []byte) (string, error) {
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		return "", fmt.Errorf("report: %w", err)
+	}
+	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" {
+		return "", fmt.Errorf("report: content type %q (%v)", m.Header.Get("Content-Type"), err)
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return "", errors.New("report: no text/rfc822-headers part")
+		}
+		if err != nil {
+			return "", fmt.Errorf("report: %w", err)
+		}
+		if pt, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type")); pt != "text/rfc822-headers" {
+			continue
+		}
+		b, err := io.ReadAll(p)
+		if err != nil {
+			return "", fmt.Errorf("report: headers part: %w", err)
+		}
+		h, err := textproto.NewReader(bufio.NewReader(io.MultiReader(bytes.NewReader(b), strings.NewReader("\r\n\r\n")))).ReadMIMEHeader()
+		if err != nil && len(h) == 0 {
+			return "", fmt.Errorf("report: headers part: %w", err)
+		}
+		id := strings.Trim(strings.TrimSpace(h.Get("Message-Id")), "<>")
+		if id == "" {
+			return "", errors.New("report: the headers part has no Message-ID")
+		}
+		return id, nil
+	}
+}
+
+// notDelivered fails the test if a message with that subject is at the
+// sink, after a grace period for one that may still be on its way.
+func notDelivered(t *testing.T, sink *Sink, subject string) {
+	t.Helper()
+	time.Sleep(500 * time.Millisecond)
+	for _, d := range sink.Dumps() {
+		if strings.Contains(d.Header().Get("Subject"), subject) {
+			t.Errorf("message %q reached the sink:\n%s", subject, d.Message)
+		}
+	}
+}
