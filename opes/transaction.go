@@ -219,3 +219,13 @@ func (t *Transaction) signedContent() bool {
 	}
 	return false
 }
+
+// CurrentBody is the body as it stands: the replacement an earlier
+// service made at the end of message, else the body the MTA sent. A
+// service that signs or scans what will be delivered reads this one.
+func (t *Transaction) CurrentBody() *Body {
+	if t.newBody != nil {
+		return t.newBody
+	}
+	return t.Body
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/checks"
 	"github.com/opesmilter/opes-milter/opes/childmilter"
 	"github.com/opesmilter/opes-milter/opes/clamav"
+	"github.com/opesmilter/opes-milter/opes/dkim"
 	"github.com/opesmilter/opes-milter/opes/icap"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
@@ -36,6 +37,8 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 		return checks.New(decode)
 	case "clamav":
 		return clamav.New(decode)
+	case "dkim":
+		return dkim.New(decode)
 	case "icap":
 		return icap.New(decode)
 	case "milter":
@@ -50,5 +53,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "callout", "checks", "clamav", "icap", "milter", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "milter", "spamd", "tag"}
 }
