@@ -235,6 +235,11 @@ type bodyRewriterTx struct {
 }
 
 func (x *bodyRewriterTx) EndOfMessage(context.Context) (Verdict, error) {
+	// A rewrite that also changes the Content-Type must not hide that
+	// the message arrived signed.
+	if err := x.tx.Header.Set("Content-Type", "text/plain"); err != nil {
+		return Verdict{}, err
+	}
 	return ContinueVerdict, x.tx.ReplaceBody(func(w *Body) error {
 		_, err := w.Write([]byte("rewritten\r\n"))
 		return err
@@ -265,11 +270,51 @@ func TestSignedContentNotModified(t *testing.T) {
 		if !allow && !strings.Contains(via, "svc/rewriter; action=analyzed; status=skipped; reason=signed") {
 			t.Errorf("trace: %s", via)
 		}
+		for _, c := range o.HeaderChanges {
+			if !allow && c.Name == "Content-Type" {
+				t.Errorf("the Content-Type of a signed message was changed: %+v", c)
+			}
+		}
 		// An unsigned message is modified either way.
 		_, _, o = drive(t, proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")},
 			header: [][2]string{{"Content-Type", "text/plain"}}, body: "x\r\n"})
 		if o.Body == nil || !strings.Contains(viaOf(t, o), "svc/rewriter; action=modified") {
 			t.Errorf("unsigned message not modified: %s", viaOf(t, o))
 		}
+	}
+}
+
+// bodyReader records the body it sees at the end of message.
+type bodyReader struct{ seen *string }
+
+func (bodyReader) Needs() Needs                      { return Needs{Stages: StagesOf(StageEOM), Body: true} }
+func (r bodyReader) Begin(tx *Transaction) ServiceTx { return &bodyReaderTx{r: r, tx: tx} }
+
+type bodyReaderTx struct {
+	BaseTx
+	r  bodyReader
+	tx *Transaction
+}
+
+func (x *bodyReaderTx) EndOfMessage(context.Context) (Verdict, error) {
+	b, err := io.ReadAll(x.tx.CurrentBody().Reader())
+	*x.r.seen = string(b)
+	return ContinueVerdict, err
+}
+
+// A service after one that replaced the body sees the replacement: it
+// scans or signs what will be delivered.
+func TestLaterServicesSeeTheCurrentBody(t *testing.T) {
+	var seen string
+	rw, rd := spec("rewriter", bodyRewriter{}), spec("reader", bodyReader{seen: &seen})
+	p := &Policy{System: System{URI: testSystem}, Services: []*ServiceSpec{rw, rd},
+		Rules: []*Rule{{Name: "all", Stage: StageConnect, Run: []*ServiceSpec{rw, rd}}}}
+	proc, err := NewProcessor(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drive(t, proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")}, body: "original\r\n"})
+	if seen != "rewritten\r\n" {
+		t.Errorf("the second service saw %q", seen)
 	}
 }

@@ -361,6 +361,7 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	if s.p.quarantine != nil {
 		received = tx.Header.Fields()
 	}
+	tx.signedContent() // judged on the header as received
 	// The system entry exists before the first service runs (PROFILE §2).
 	sysValue := s.systemEntry().String()
 	tx.Header.fields = append([]HeaderField{{Name: FieldSystem, Value: sysValue, orig: origOwn}}, tx.Header.fields...)
@@ -868,9 +869,11 @@ func (s *Session) call(ctx context.Context, a *activeService, st Stage, rcpt *Re
 		v, err = a.tx.EndOfMessage(ctx)
 		if err == nil && s.tx.newBody != bodyBefore && !a.spec.ModifySigned && s.tx.signedContent() {
 			// PROFILE §6: signed or encrypted content is not modified
-			// by default; the service's verdict still counts.
-			_ = s.tx.newBody.Close()
+			// by default. The whole change is undone (a new body comes
+			// with new Content-* fields); the verdict still counts.
+			s.tx.retired = append(s.tx.retired, s.tx.newBody)
 			s.tx.newBody = bodyBefore
+			s.tx.Header.fields = before
 			if v.Kind == Continue {
 				v.Action, v.Status, v.Reason = "analyzed", "skipped", "signed"
 			}

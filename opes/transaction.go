@@ -86,6 +86,9 @@ type Transaction struct {
 	traceID  string
 	envelope envelopeChanges
 	newBody  *Body
+	retired  []*Body // replaced replacements, closed with the transaction
+	// signed: the message arrived signed or encrypted (signedContent).
+	signed, signedKnown bool
 }
 
 type envelopeChanges struct {
@@ -177,7 +180,9 @@ func (t *Transaction) ReplaceBody(fill func(w *Body) error) error {
 		return fmt.Errorf("opes: replace body: %w", err)
 	}
 	if t.newBody != nil {
-		_ = t.newBody.Close()
+		// Kept until the transaction ends: the processor may restore it
+		// (a change to signed content is undone).
+		t.retired = append(t.retired, t.newBody)
 	}
 	t.newBody = nb
 	return nil
@@ -202,11 +207,25 @@ func (t *Transaction) close() {
 	if t.newBody != nil {
 		_ = t.newBody.Close()
 	}
+	for _, b := range t.retired {
+		_ = b.Close()
+	}
+	t.retired = nil
 }
 
 // signedContent reports whether the message is signed or encrypted as a
-// whole (S/MIME, PGP/MIME), judged by its top-level Content-Type.
+// whole (S/MIME, PGP/MIME), judged by its top-level Content-Type as
+// received: fixed when the end of message begins, so that a service that
+// rewrites the Content-Type along with the body cannot hide it.
 func (t *Transaction) signedContent() bool {
+	if t.signedKnown {
+		return t.signed
+	}
+	t.signed, t.signedKnown = t.computeSigned(), true
+	return t.signed
+}
+
+func (t *Transaction) computeSigned() bool {
 	mt, _, err := mime.ParseMediaType(t.Header.Get("Content-Type"))
 	if err != nil {
 		return false

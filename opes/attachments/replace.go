@@ -26,12 +26,12 @@ var errNotFound = errors.New("attachments: blocked part not found in the raw bod
 // (or a second blocked part) is caught; what cannot be replaced is
 // refused instead.
 func (t *txState) replace(ctx context.Context, f *Finding) (opes.Verdict, error) {
-	if t.tx.Body == nil || len(f.path) == 0 {
+	if t.tx.CurrentBody() == nil || len(f.path) == 0 {
 		return t.verdict(actReject, f)
 	}
 	_, params, _ := mime.ParseMediaType(t.tx.Header.Get("Content-Type"))
 	boundary := params["boundary"]
-	cur := t.tx.Body
+	cur := t.tx.CurrentBody()
 	var spools []*opes.Body
 	defer func() {
 		for _, b := range spools {

@@ -44,8 +44,8 @@ func (s *Service) Scan(ctx context.Context, tx *opes.Transaction) (*Finding, err
 		}
 	}
 	var body io.Reader = strings.NewReader("")
-	if tx.Body != nil {
-		body = tx.Body.Reader()
+	if cur := tx.CurrentBody(); cur != nil { // what will be delivered
+		body = cur.Reader()
 	}
 	sc := &scanner{s: s, ctx: ctx, frozen: -1, in: &guardReader{r: body, ctx: ctx, limit: s.limits.scanSize}}
 	e, err := message.New(message.Header{Header: th}, sc.in)

@@ -255,8 +255,8 @@ func (t *txState) sendParts(ctx context.Context, st opes.Stage) error {
 		}
 	}
 	result := ocp.OK
-	if t.c.profile.Sends(ocp.PartBody) && tx.Body != nil {
-		r := tx.Body.Reader()
+	if cur := tx.CurrentBody(); t.c.profile.Sends(ocp.PartBody) && cur != nil {
+		r := cur.Reader()
 		buf := make([]byte, chunk)
 		for {
 			if t.stopAt >= 0 && int64(t.org) >= t.stopAt {

@@ -274,8 +274,8 @@ func (t *txState) endOfMessage(ctx context.Context) (opes.Verdict, error) {
 	// body packet (seen with OpenDKIM). For a DKIM signer or verifier an
 	// empty body and a single CRLF are the same body (RFC 6376 §3.4).
 	var body io.Reader = strings.NewReader("\r\n")
-	if t.tx.Body != nil && t.tx.Body.Size() > 0 {
-		body = t.tx.Body.Reader()
+	if cur := t.tx.CurrentBody(); cur != nil && cur.Size() > 0 { // what will be delivered
+		body = cur.Reader()
 	}
 	mods, act, err := t.sess.BodyReadFrom(body)
 	if err != nil {

@@ -205,8 +205,8 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 		return s.oversized(fmt.Sprintf("message of %d octets is larger than max_scan_size %d", size, s.maxSize))
 	}
 	var body io.Reader = strings.NewReader("")
-	if t.tx.Body != nil {
-		body = t.tx.Body.Reader()
+	if cur := t.tx.CurrentBody(); cur != nil { // what will be delivered
+		body = cur.Reader()
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()

@@ -283,10 +283,10 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 			Reason: fmt.Sprintf("message of %d octets is larger than max_size %d", size, s.maxSize)}, nil
 	}
 	open := func() io.Reader {
-		if t.tx.Body == nil {
+		if t.tx.CurrentBody() == nil {
 			return strings.NewReader(head)
 		}
-		return io.MultiReader(strings.NewReader(head), t.tx.Body.Reader())
+		return io.MultiReader(strings.NewReader(head), t.tx.CurrentBody().Reader())
 	}
 	req := s.buildRequest(t.tx, size, open)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)

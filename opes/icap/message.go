@@ -380,8 +380,8 @@ func applyMessage(tx *opes.Transaction, sent []opes.HeaderField, msg *opes.Body)
 	}
 
 	var orig io.Reader = strings.NewReader("")
-	if tx.Body != nil {
-		orig = tx.Body.Reader()
+	if cur := tx.CurrentBody(); cur != nil {
+		orig = cur.Reader()
 	}
 	openBody := func() (io.Reader, error) {
 		r := msg.Reader()

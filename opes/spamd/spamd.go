@@ -292,8 +292,8 @@ func (s *service) check(ctx context.Context, head string, tx *opes.Transaction) 
 		return nil, s.wrap("send request", err)
 	}
 	// The body is streamed from the spool: it may be on disk.
-	if tx.Body != nil {
-		if _, err := io.Copy(conn, tx.Body.Reader()); err != nil {
+	if cur := tx.CurrentBody(); cur != nil { // what will be delivered
+		if _, err := io.Copy(conn, cur.Reader()); err != nil {
 			return nil, s.wrap("send message", err)
 		}
 	}
