@@ -10,6 +10,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/builtin"
 )
 
 // The keys each table of the file accepts; docs/configuration.md and
@@ -19,7 +20,8 @@ var (
 	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail", "operator", "privacy_policy", "retention"}
 	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
 	adminKeys   = []string{"listen", "allow_remote", "token_file"}
-	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout"}
+	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout",
+		"syslog", "syslog_facility", "syslog_tag", "syslog_hostname", "syslog_max_size"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
 	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "modify_signed", "on_error", "options"}
 	ruleKeys    = []string{"name", "stage", "run", "verdict", "reply", "code", "enhanced", "reason", "when"}
@@ -39,6 +41,7 @@ type loader struct {
 	errs   Errors
 	sysURI string          // the system URI once it is known to be valid
 	uris   map[string]path // service and rule URIs → the block using each
+	deps   builtin.Deps
 }
 
 // report records msg at the key or the value of p (or its nearest
@@ -135,6 +138,11 @@ func (l *loader) load() *Config {
 	l.auditSection(root.m["audit"], &cfg.Audit)
 	if cfg.Admin.TokenFile != "" && cfg.Store.Backend != "" && cfg.Audit.Log == "" {
 		l.errorf(path{{key: "admin"}, {key: "token_file"}}, "with a [store] the API changes bypass preferences, which must be audit-logged: set [audit] log")
+	}
+	for i, spec := range pol.Services {
+		if m, ok := spec.Impl.(interface{ SendsMail() bool }); ok && m.SendsMail() && (cfg.NDR.Relay == "" || cfg.Store.Backend == "") {
+			l.errorf(path{{key: "service"}}.index(i+1).key("kind"), "service %q sends mail: it needs a [store] (the outbox) and [ndr] relay", spec.Name)
+		}
 	}
 	if cfg.NDR.Relay != "" && cfg.Store.Backend == "" {
 		l.errorf(path{{key: "ndr"}, {key: "relay"}}, "needs a [store]: reports are queued in its outbox before the MTA is answered")

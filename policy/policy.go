@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/builtin"
 )
 
 // Config is a loaded, validated configuration file.
@@ -77,6 +78,14 @@ type Report struct {
 	// disables it.
 	Webhook        string
 	WebhookTimeout time.Duration
+	// Syslog sends the incident records to a syslog daemon (RFC 5424):
+	// "unixgram:/dev/log", "udp:host:port" or "tcp:host:port"; empty
+	// disables it.
+	Syslog         string
+	SyslogFacility string
+	SyslogTag      string
+	SyslogHostname string
+	SyslogMaxSize  int
 }
 
 // Admin holds the settings of the HTTP admin listener (/healthz,
@@ -124,7 +133,10 @@ func Default() *Config {
 
 // Load reads and parses the configuration file at path. Problems in the
 // file are returned as Errors.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadWith(path, builtin.Deps{}) }
+
+// LoadWith is Load with the running daemon's dependencies (builtin.Deps).
+func LoadWith(path string, deps builtin.Deps) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -137,13 +149,19 @@ func Load(path string) (*Config, error) {
 	if len(data) > maxFileSize {
 		return nil, Errors{{File: path, Line: 1, Col: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxFileSize)}}
 	}
-	return Parse(path, data)
+	return ParseWith(path, data, deps)
 }
 
 // Parse parses a configuration held in memory; name is used in error
 // positions and as the Config's Source. The error, if any, is Errors.
 func Parse(name string, data []byte) (*Config, error) {
-	l := &loader{file: name, src: string(data)}
+	return ParseWith(name, data, builtin.Deps{})
+}
+
+// ParseWith is Parse with the running daemon's dependencies for the
+// services that need them (builtin.Deps).
+func ParseWith(name string, data []byte, deps builtin.Deps) (*Config, error) {
+	l := &loader{file: name, src: string(data), deps: deps}
 	cfg := l.load()
 	if len(l.errs) > 0 {
 		return nil, l.errs.sorted()

@@ -122,7 +122,7 @@ func (l *loader) services(v any, prim toml.Primitive, pol *opes.Policy) map[stri
 			}
 			d.prim = op
 		}
-		impl, err := newService(spec.Kind, d.decode)
+		impl, err := newService(spec.Kind, d.decode, l.deps)
 		d.finish(fmt.Sprintf("kind %q takes no options", spec.Kind))
 		switch {
 		case d.failed:
@@ -146,13 +146,13 @@ func (l *loader) services(v any, prim toml.Primitive, pol *opes.Policy) map[stri
 
 // newService calls builtin.New; a panic in a service's constructor
 // becomes an error, since a configuration must never crash the daemon.
-func newService(kind string, decode func(any) error) (svc opes.Service, err error) {
+func newService(kind string, decode func(any) error, deps builtin.Deps) (svc opes.Service, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			svc, err = nil, fmt.Errorf("internal error in service kind %q (please report): %v", kind, r)
 		}
 	}()
-	return builtin.New(kind, decode)
+	return builtin.NewWith(kind, decode, deps)
 }
 
 // serviceError places an error from a service constructor or from

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/report"
 	"github.com/opesmilter/opes-milter/internal/sockspec"
 	"github.com/opesmilter/opes-milter/opes"
 )
@@ -198,6 +199,35 @@ func (l *loader) reportSection(v any, r *Report) {
 	}
 	if d, ok := t.duration("webhook_timeout"); ok && d > 0 {
 		r.WebhookTimeout = d
+	}
+	if s, ok := t.str("syslog"); ok && s != "" {
+		if _, _, err := report.ParseSyslogAddress(s); err != nil {
+			l.errorf(p.key("syslog"), "%v", err)
+		}
+		r.Syslog = s
+	}
+	if s, ok := t.str("syslog_facility"); ok {
+		if _, err := report.ParseSyslogFacility(s); err != nil {
+			l.errorf(p.key("syslog_facility"), "%v", err)
+		}
+		r.SyslogFacility = s
+	}
+	for _, f := range []struct {
+		key string
+		to  *string
+	}{{"syslog_tag", &r.SyslogTag}, {"syslog_hostname", &r.SyslogHostname}} {
+		if s, ok := t.str(f.key); ok {
+			if s == "" || len(s) > 48 || strings.ContainsAny(s, " []=\"") || checkText(s, 48) != nil {
+				l.errorf(p.key(f.key), "%q: want 1-48 printable characters without spaces", s)
+			}
+			*f.to = s
+		}
+	}
+	if n, ok := t.size("syslog_max_size"); ok {
+		if n < 480 || n > 65000 {
+			l.errorf(p.key("syslog_max_size"), "must be 480-65000 octets")
+		}
+		r.SyslogMaxSize = n
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/opesmilter/opes-milter/internal/quarantine"
 	"github.com/opesmilter/opes-milter/internal/store"
 	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/builtin"
 	"github.com/opesmilter/opes-milter/opes/ndr"
 	"github.com/opesmilter/opes-milter/policy"
 )
@@ -130,6 +131,15 @@ func (g *guarantees) auditFunc(log *slog.Logger) func(kind, traceID, detail stri
 			log.Error("opes-milter: audit log write failed", "err", err)
 		}
 	}
+}
+
+// deps are what services that send mail need (builtin.Deps).
+func (g *guarantees) deps(log *slog.Logger) builtin.Deps {
+	d := builtin.Deps{Hostname: g.ndrCfg.Hostname, From: g.ndrCfg.From, Log: log}
+	if g.reports != nil {
+		d.Submitter = g.reports
+	}
+	return d
 }
 
 // options are the processor options for the running guarantees.

@@ -35,6 +35,8 @@ import (
 	"github.com/opesmilter/opes-milter/internal/sockspec"
 	"github.com/opesmilter/opes-milter/milter"
 	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/builtin"
+	"github.com/opesmilter/opes-milter/opes/links"
 	"github.com/opesmilter/opes-milter/policy"
 )
 
@@ -87,7 +89,7 @@ func run(args []string, stderr io.Writer) int {
 	// go-milter reports protocol trouble through a package hook.
 	gomilter.LogWarning = func(format string, v ...any) { log.Warn("go-milter: " + fmt.Sprintf(format, v...)) }
 
-	cfg, err := loadConfig(f.config)
+	cfg, err := loadConfig(f.config, builtin.Deps{})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -132,12 +134,40 @@ func run(args []string, stderr io.Writer) int {
 		}()
 		reporters = append(reporters, report.Incidents{Next: wh})
 	}
+	if cfg.Report.Syslog != "" {
+		sl, err := report.NewSyslog(report.SyslogConfig{Address: cfg.Report.Syslog, Facility: cfg.Report.SyslogFacility,
+			Tag: cfg.Report.SyslogTag, Hostname: cfg.Report.SyslogHostname, MaxSize: cfg.Report.SyslogMaxSize}, reportErr)
+		if err != nil {
+			fmt.Fprintln(stderr, "opes-milter:", err)
+			return 1
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := sl.Close(ctx); err != nil {
+				log.Warn("opes-milter: syslog incidents", "err", err)
+			}
+		}()
+		reporters = append(reporters, report.Incidents{Next: sl})
+	}
 	g, err := openGuarantees(cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "opes-milter:", err)
 		return 1
 	}
 	defer g.close()
+	deps := g.deps(log)
+	if f.config != "" && deps.Submitter != nil {
+		// Services that send mail (notify) get the report outbox, which
+		// exists only now that the store is open: build them again.
+		if cfg, err = loadConfig(f.config, deps); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if f.adminListen.set {
+			cfg.Admin.Listen = f.adminListen.value
+		}
+	}
 	if g.store != nil {
 		mx.WatchQueues(func(ctx context.Context) (metrics.QueueCounts, error) {
 			c, err := g.store.Counts(ctx)
@@ -193,7 +223,7 @@ func run(args []string, stderr io.Writer) int {
 		if cfg.Report.Transactions != "" {
 			ao.Trace = admin.TraceFile{Path: cfg.Report.Transactions}
 		}
-		stopAdmin, err := serveAdmin(cfg.Admin.Listen, admin.New(ao), log)
+		stopAdmin, err := serveAdmin(cfg.Admin.Listen, withAttachments(admin.New(ao), srv), log)
 		if err != nil {
 			_ = ln.Close()
 			fmt.Fprintln(stderr, "opes-milter:", err)
@@ -225,7 +255,7 @@ func run(args []string, stderr io.Writer) int {
 					}
 				}
 				g.reopen(log)
-				mx.Reloaded(reload(srv, f.config, listen, cfg, log, procOpts))
+				mx.Reloaded(reload(srv, f.config, listen, cfg, deps, log, procOpts))
 				continue
 			}
 			stopping.Store(true)
@@ -248,8 +278,8 @@ func run(args []string, stderr io.Writer) int {
 
 // reload validates the file and swaps the processor; on any error the
 // running policy stays.
-func reload(srv *milter.Server, path, listen string, old *policy.Config, log *slog.Logger, procOpts func(*policy.Config) []opes.Option) error {
-	cfg, err := loadConfig(path)
+func reload(srv *milter.Server, path, listen string, old *policy.Config, deps builtin.Deps, log *slog.Logger, procOpts func(*policy.Config) []opes.Option) error {
+	cfg, err := loadConfig(path, deps)
 	if err == nil {
 		var proc *opes.Processor
 		if proc, err = opes.NewProcessor(cfg.Policy, log, procOpts(cfg)...); err == nil {
@@ -299,6 +329,23 @@ func retire(old *opes.Processor, log *slog.Logger) {
 	})
 }
 
+// withAttachments serves the links service's stored attachments
+// (links.MountPath) from the running policy, in front of the admin handler.
+func withAttachments(h http.Handler, srv *milter.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET "+links.MountPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, s := range srv.Processor().Policy().Services {
+			if l, ok := s.Impl.(*links.Service); ok {
+				l.Handler().ServeHTTP(w, r)
+				return
+			}
+		}
+		http.NotFound(w, r)
+	}))
+	mux.Handle("/", h)
+	return mux
+}
+
 // serveAdmin starts the admin HTTP listener.
 func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
@@ -319,11 +366,11 @@ func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
 	}, nil
 }
 
-func loadConfig(path string) (*policy.Config, error) {
+func loadConfig(path string, deps builtin.Deps) (*policy.Config, error) {
 	if path == "" {
 		return policy.Default(), nil
 	}
-	return policy.Load(path)
+	return policy.LoadWith(path, deps)
 }
 
 func listenSpec(spec string, mode os.FileMode, group string) (net.Listener, error) {

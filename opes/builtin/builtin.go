@@ -7,6 +7,7 @@ package builtin
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/opesmilter/opes-milter/opes"
@@ -18,14 +19,31 @@ import (
 	"github.com/opesmilter/opes-milter/opes/clamav"
 	"github.com/opesmilter/opes-milter/opes/dkim"
 	"github.com/opesmilter/opes-milter/opes/icap"
+	"github.com/opesmilter/opes-milter/opes/links"
+	"github.com/opesmilter/opes-milter/opes/notify"
+	"github.com/opesmilter/opes-milter/opes/reroute"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
 )
+
+// Deps are what some kinds need from the running daemon besides their
+// options: notify submits its mail through the report outbox.
+type Deps struct {
+	Submitter notify.Submitter // nil: notifications that are due fail the hook
+	Hostname  string
+	From      string
+	Log       *slog.Logger
+}
 
 // New builds a service of the given kind. decode fills a struct from the
 // service's [service.options] table, the way toml.PrimitiveDecode does;
 // errors in options are *opes.FieldError relative to that table.
 func New(kind string, decode func(v any) error) (opes.Service, error) {
+	return NewWith(kind, decode, Deps{})
+}
+
+// NewWith is New with the daemon's dependencies.
+func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, error) {
 	switch kind {
 	case "acl":
 		return acl.New(decode)
@@ -41,8 +59,14 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 		return dkim.New(decode)
 	case "icap":
 		return icap.New(decode)
+	case "notify":
+		return notify.NewWithDeps(decode, notify.Deps{Submitter: deps.Submitter, Hostname: deps.Hostname, From: deps.From, Log: deps.Log})
+	case "links":
+		return links.New(decode)
 	case "milter":
 		return childmilter.New(decode)
+	case "reroute":
+		return reroute.New(decode)
 	case "spamd":
 		return spamd.New(decode)
 	case "tag":
@@ -53,5 +77,5 @@ func New(kind string, decode func(v any) error) (opes.Service, error) {
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "milter", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "notify", "reroute", "spamd", "tag"}
 }
