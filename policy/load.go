@@ -16,11 +16,11 @@ import (
 // The keys each table of the file accepts; docs/configuration.md and
 // default.toml describe them.
 var (
-	topKeys     = []string{"system", "milter", "admin", "report", "limits", "consent", "bypass", "store", "quarantine", "ndr", "audit", "service", "rule"}
-	systemKeys  = []string{"uri", "privacy_url", "contact", "trace_detail", "operator", "privacy_policy", "retention"}
-	milterKeys  = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
-	adminKeys   = []string{"listen", "allow_remote", "token_file"}
-	reportKeys  = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout",
+	topKeys    = []string{"system", "milter", "admin", "report", "limits", "consent", "bypass", "store", "quarantine", "ndr", "audit", "service", "rule"}
+	systemKeys = []string{"uri", "privacy_url", "contact", "trace_detail", "operator", "privacy_policy", "retention"}
+	milterKeys = []string{"listen", "read_timeout", "write_timeout", "shutdown_timeout", "socket_mode", "socket_group"}
+	adminKeys  = []string{"listen", "allow_remote", "token_file"}
+	reportKeys = []string{"transactions", "addresses", "measure_size", "incidents", "webhook", "webhook_timeout",
 		"syslog", "syslog_facility", "syslog_tag", "syslog_hostname", "syslog_max_size"}
 	limitsKeys  = []string{"max_message_size", "max_header_fields", "max_header_bytes", "body_memory", "temp_dir"}
 	serviceKeys = []string{"name", "kind", "uri", "bypassable", "required_for_delivery", "modify_signed", "on_error", "options"}
