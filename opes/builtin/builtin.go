@@ -20,6 +20,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/dkim"
 	"github.com/opesmilter/opes-milter/opes/icap"
 	"github.com/opesmilter/opes-milter/opes/links"
+	"github.com/opesmilter/opes-milter/opes/normalize"
 	"github.com/opesmilter/opes-milter/opes/notify"
 	"github.com/opesmilter/opes-milter/opes/reroute"
 	"github.com/opesmilter/opes-milter/opes/spamd"
@@ -59,6 +60,8 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 		return dkim.New(decode)
 	case "icap":
 		return icap.New(decode)
+	case "normalize":
+		return normalize.NewWithLogger(decode, deps.Log)
 	case "notify":
 		return notify.NewWithDeps(decode, notify.Deps{Submitter: deps.Submitter, Hostname: deps.Hostname, From: deps.From, Log: deps.Log})
 	case "links":
@@ -77,5 +80,5 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "notify", "reroute", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "reroute", "spamd", "tag"}
 }
