@@ -119,3 +119,40 @@ func headerOf(msg string) string {
 	h, _, _ := strings.Cut(msg, "\n\n")
 	return h
 }
+
+// TestNormalizeThroughPostfix: a message with a 1500-octet line and a raw
+// 8-bit Subject arrives repaired through real Postfix: every line at most
+// 998 octets, the Subject an RFC 2047 encoded word, the trace says modified.
+func TestNormalizeThroughPostfix(t *testing.T) {
+	t.Parallel()
+	policy := `[system]
+uri = "` + itSystem + `"
+
+[consent]
+recipients = ["@example.net"]
+
+[[service]]
+name = "normalize"
+kind = "normalize"
+
+[[rule]]
+name = "all"
+run = ["normalize"]
+`
+	sink, _, pf := mta(t, MilterOptions{Policy: policy})
+	msg := "From: alice@example.org\nTo: bob@example.net\nSubject: Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\nMessage-ID: <norm@example.org>\n\n" +
+		strings.Repeat("x", 1500) + "\nend\n"
+	if tr := SendMail(t, pf.Addr(), "alice@example.org", []string{"bob@example.net"}, []byte(msg)); !tr.Accepted() {
+		t.Fatalf("not accepted:\n%s", tr)
+	}
+	d := sink.WaitMessage(t, func(raw []byte) bool { return bytes.Contains(raw, []byte("<norm@example.org>")) }, 20*time.Second)
+	got := string(ParseDump(d).Message)
+	for i, l := range strings.Split(got, "\n") {
+		if len(l) > 998 {
+			t.Errorf("line %d is %d octets", i+1, len(l))
+		}
+	}
+	if !strings.Contains(got, "Subject: =?") || !strings.Contains(strings.ReplaceAll(got, "\n\t", " "), itSystem+"svc/normalize; action=modified") {
+		t.Errorf("not repaired:\n%s", headerOf(got))
+	}
+}
