@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/opesmilter/opes-milter/internal/readguard"
 	"io"
 	"net"
 	"strings"
@@ -58,11 +59,11 @@ func SignedBy(ctx context.Context, msg io.Reader, lookupTXT LookupTXTFunc) ([]st
 	if lookupTXT == nil {
 		lookupTXT = net.DefaultResolver.LookupTXT
 	}
-	gr := &guardReader{ctx: ctx, r: msg}
+	gr := readguard.New(ctx, msg)
 	br := bufio.NewReaderSize(gr, 32<<10)
 	hdr, nBypass, nSig, err := readHeader(br)
-	if gr.err != nil {
-		err = gr.err // the cause, rather than the EOF it became
+	if gr.Err() != nil {
+		err = gr.Err() // the cause, rather than the EOF it became
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bypass: dkim: read header: %w", err)
@@ -79,8 +80,8 @@ func SignedBy(ctx context.Context, msg io.Reader, lookupTXT LookupTXTFunc) ([]st
 		},
 		MaxVerifications: MaxSignatures,
 	})
-	if gr.err != nil {
-		return nil, fmt.Errorf("bypass: dkim: read message: %w", gr.err)
+	if gr.Err() != nil {
+		return nil, fmt.Errorf("bypass: dkim: read message: %w", gr.Err())
 	}
 	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
 		return nil, fmt.Errorf("bypass: dkim: verify: %w", err)
@@ -157,31 +158,4 @@ func readHeader(br *bufio.Reader) (hdr []byte, nBypass, nSig int, err error) {
 			nSig++
 		}
 	}
-}
-
-// guardReader ends the stream at the first read error or when ctx is done,
-// and keeps the error for SignedBy. go-msgauth verifies several signatures
-// through pipes and leaves its goroutines blocked if the source fails
-// mid-body; a clean EOF lets them finish (with a failed body hash), and the
-// kept error still reaches the caller.
-type guardReader struct {
-	ctx context.Context
-	r   io.Reader
-	err error
-}
-
-func (g *guardReader) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, io.EOF
-	}
-	if err := g.ctx.Err(); err != nil {
-		g.err = err
-		return 0, io.EOF
-	}
-	n, err := g.r.Read(p)
-	if err != nil && err != io.EOF {
-		g.err = err
-		err = io.EOF
-	}
-	return n, err
 }

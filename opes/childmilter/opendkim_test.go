@@ -84,12 +84,6 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func dialArgs(t *testing.T, socket string) (string, string) {
-	t.Helper()
-	svc := newService(t, fmt.Sprintf("socket = %q", socket))
-	return svc.network, svc.address
-}
-
 // rawMessage renders the delivered message for a DKIM verifier.
 func rawMessage(fields []opes.HeaderField, body string) []byte {
 	var b bytes.Buffer

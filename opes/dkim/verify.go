@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/opesmilter/opes-milter/internal/readguard"
 	"io"
 	"net"
 	"strings"
@@ -179,13 +180,13 @@ func (s *service) verify(ctx context.Context, fields []opes.HeaderField, body *o
 	if body != nil {
 		b = body.Reader()
 	}
-	gr := &guardReader{ctx: ctx, r: io.MultiReader(strings.NewReader(opes.FormatHeader(fields)+"\r\n"), b)}
+	gr := readguard.New(ctx, io.MultiReader(strings.NewReader(opes.FormatHeader(fields)+"\r\n"), b))
 	verifs, err := dkim.VerifyWithOptions(gr, &dkim.VerifyOptions{
 		LookupTXT:        s.lookup(ctx),
 		MaxVerifications: s.maxSignatures,
 	})
-	if gr.err != nil {
-		return nil, fmt.Errorf("dkim: verify: read message: %w", gr.err)
+	if gr.Err() != nil {
+		return nil, fmt.Errorf("dkim: verify: read message: %w", gr.Err())
 	}
 	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
 		return nil, fmt.Errorf("dkim: verify: %w", err)
@@ -390,31 +391,4 @@ func commentEnd(v string) int {
 		}
 	}
 	return -1
-}
-
-// guardReader ends the stream at the first read error or when ctx is
-// done, and keeps the error: go-msgauth verifies several signatures
-// through pipes and leaves goroutines blocked if the source fails
-// mid-body; a clean EOF lets them finish, and the kept error still
-// reaches the caller.
-type guardReader struct {
-	ctx context.Context
-	r   io.Reader
-	err error
-}
-
-func (g *guardReader) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, io.EOF
-	}
-	if err := g.ctx.Err(); err != nil {
-		g.err = err
-		return 0, io.EOF
-	}
-	n, err := g.r.Read(p)
-	if err != nil && err != io.EOF {
-		g.err = err
-		err = io.EOF
-	}
-	return n, err
 }
