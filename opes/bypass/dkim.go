@@ -6,12 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/opesmilter/opes-milter/internal/readguard"
 	"io"
 	"net"
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/opesmilter/opes-milter/internal/readguard"
 )
 
 // Bounds on DKIM verification (SignedBy).

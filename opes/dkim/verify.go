@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/opesmilter/opes-milter/internal/readguard"
 	"io"
 	"net"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/opesmilter/opes-milter/internal/readguard"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
