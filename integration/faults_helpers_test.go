@@ -14,12 +14,10 @@ import (
 	"net/mail"
 	"net/textproto"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -149,55 +147,6 @@ func readInstream(r *bufio.Reader) error {
 	}
 }
 
-// restartMilter starts a new opes-milter on the socket and with the
-// policy of old, which must have exited (killed): Postfix keeps the socket
-// it was configured with, so a restart must come back on the same one, as
-// a service manager would restart it. StartMilter always picks a new
-// socket, hence this.
-func restartMilter(t *testing.T, old *Milter) *Milter {
-	t.Helper()
-	m := &Milter{t: t, listen: old.listen, postfx: old.postfx, config: old.config,
-		log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
-	args := []string{"-listen", m.listen, "-socket-mode", "0666", "-log-level", "debug"}
-	if m.config != "" {
-		args = append(args, "-config", m.config)
-	}
-	m.cmd = exec.Command(milterBinary, args...)
-	m.cmd.Stderr = syncWriter{m.mu, m.log}
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := m.cmd.Start(); err != nil {
-		t.Fatalf("restart opes-milter: %v", err)
-	}
-	go func() { m.done <- m.cmd.Wait() }()
-	t.Cleanup(func() {
-		m.Stop()
-		if t.Failed() {
-			t.Logf("restarted opes-milter log:\n%s", m.Log())
-		}
-	})
-	network, addr := "tcp", strings.TrimPrefix(m.postfx, "inet:")
-	if strings.HasPrefix(m.listen, "unix:") {
-		network, addr = "unix", strings.TrimPrefix(m.listen, "unix:")
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout(network, addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			return m
-		}
-		select {
-		case err := <-m.done:
-			m.done <- err
-			t.Fatalf("restarted opes-milter exited at start (%v):\n%s", err, m.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted opes-milter not listening on %s after 10 s:\n%s", m.listen, m.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // trySendMail is SendMail for other goroutines than the test's: it never
 // fails the test, it returns the error of a connection that could not be

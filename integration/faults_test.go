@@ -449,7 +449,7 @@ run = ["external"]
 	}
 
 	// A restart on the same socket: mail flows again, traced and tagged.
-	restartMilter(t, m)
+	m.Restart(t)
 	r = sendFrom(t, pf.Addr(), "alice@example.org", "after-restart")
 	if r.Code != 250 {
 		t.Fatalf("after the restart: %s", r)

@@ -21,6 +21,8 @@ type Milter struct {
 	listen string // socket spec given to -listen
 	postfx string // the same socket in Postfix's syntax
 	config string // policy file, empty for the embedded default
+	binary string
+	args   []string
 	log    *bytes.Buffer
 	mu     *sync.Mutex
 	done   chan error
@@ -79,8 +81,25 @@ func StartMilter(t testing.TB, o MilterOptions) *Milter {
 		}
 		args = append(args, "-config", m.config)
 	}
-	args = append(args, o.Args...)
-	m.cmd = exec.Command(o.Binary, args...)
+	m.binary, m.args = o.Binary, append(args, o.Args...)
+	m.start(t)
+	return m
+}
+
+// Restart starts the same daemon again, on the same socket and policy,
+// after it stopped (or was killed): the MTA's configuration still points
+// there.
+func (m *Milter) Restart(t testing.TB) *Milter {
+	t.Helper()
+	n := &Milter{t: t, listen: m.listen, postfx: m.postfx, config: m.config, binary: m.binary, args: m.args,
+		log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
+	n.start(t)
+	return n
+}
+
+// start runs the daemon and waits until it accepts connections.
+func (m *Milter) start(t testing.TB) {
+	m.cmd = exec.Command(m.binary, m.args...)
 	m.cmd.Stderr = syncWriter{m.mu, m.log}
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
@@ -94,7 +113,7 @@ func StartMilter(t testing.TB, o MilterOptions) *Milter {
 		}
 	})
 	network, addr := "tcp", strings.TrimPrefix(m.postfx, "inet:")
-	if o.Unix {
+	if strings.HasPrefix(m.listen, "unix:") {
 		network, addr = "unix", strings.TrimPrefix(m.listen, "unix:")
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -102,7 +121,7 @@ func StartMilter(t testing.TB, o MilterOptions) *Milter {
 		c, err := net.DialTimeout(network, addr, 200*time.Millisecond)
 		if err == nil {
 			_ = c.Close()
-			return m
+			return
 		}
 		select {
 		case err := <-m.done:
