@@ -147,7 +147,6 @@ func readInstream(r *bufio.Reader) error {
 	}
 }
 
-
 // trySendMail is SendMail for other goroutines than the test's: it never
 // fails the test, it returns the error of a connection that could not be
 // made (the transcript holds every other failure).
