@@ -16,10 +16,10 @@ DIST      ?= dist
 # (the virus and spam services), PostgreSQL (the shared store backend),
 # OpenDKIM (the child-milter service and DKIM interop), c-icap with its
 # content-filter and virus-scan modules (the ICAP service), slapd (the
-# directory of the reroute service). Every engine
+# directory of the reroute service), rspamd (the rspamd service). Every engine
 # is started by the tests themselves, offline, on loopback.
 APT_PACKAGES = postfix miltertest lintian adduser m4 clamav-daemon spamassassin spamd spamc \
-	postgresql opendkim opendkim-tools c-icap libc-icap-mod-contentfiltering libc-icap-mod-virus-scan slapd
+	postgresql opendkim opendkim-tools c-icap libc-icap-mod-contentfiltering libc-icap-mod-virus-scan slapd rspamd
 
 .PHONY: all build run test unit deps lint bench bench-go fuzz deb clean
 

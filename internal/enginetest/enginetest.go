@@ -1,7 +1,7 @@
 // Package enginetest starts the content engines the tests scan with: a real
-// clamd and a real spamd, both offline, private to the caller, on free
+// clamd, spamd, rspamd and OpenDKIM, all offline, private to the caller, on free
 // loopback ports, in directories of their own. It is imported only by tests
-// (opes/clamav, opes/spamd and integration).
+// (the service packages and integration).
 package enginetest
 
 import (

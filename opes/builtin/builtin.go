@@ -23,6 +23,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/normalize"
 	"github.com/opesmilter/opes-milter/opes/notify"
 	"github.com/opesmilter/opes-milter/opes/reroute"
+	"github.com/opesmilter/opes-milter/opes/rspamd"
 	"github.com/opesmilter/opes-milter/opes/spamd"
 	"github.com/opesmilter/opes-milter/opes/tag"
 )
@@ -70,6 +71,8 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 		return childmilter.New(decode)
 	case "reroute":
 		return reroute.New(decode)
+	case "rspamd":
+		return rspamd.New(decode)
 	case "spamd":
 		return spamd.New(decode)
 	case "tag":
@@ -80,5 +83,5 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "reroute", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "reroute", "rspamd", "spamd", "tag"}
 }

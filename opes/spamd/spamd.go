@@ -22,14 +22,25 @@
 //	user = "spam"               # optional: spamd user whose preferences apply
 //	add_header = true           # X-Spam-Score and X-Spam-Status on every scanned message
 //	subject_prefix = "[SPAM]"   # on spam (spamd's own threshold); not added twice
+//	tag_score = 0.0             # 0 = spamd's own threshold (required_score) decides
 //	quarantine_score = 10.0     # 0 = off
 //	reject_score = 15.0         # 0 = off; 554 5.7.1 at the end of data
+//	[[service.options.recipient]]   # per-recipient thresholds
+//	name = "strict"                 # label in X-Spam-Levels
+//	match = ["@example.net", "joe@example.org"]
+//	reject_score = 8.0              # a score not given is the service's
 //
 // At least one action must be configured. The thresholds are compared
-// with the score spamd reports; reject beats quarantine beats marking.
-// Per-recipient thresholds and spamd users are out of scope for now: the
-// decision is one for the whole message, as a milter can only refuse or
-// hold the message as a whole at the end of data.
+// with the score spamd reports; reject beats quarantine beats marking
+// (the Subject prefix); the tag level is spamd's own "spam" unless
+// tag_score is set. With recipient entries each recipient's class has its
+// own thresholds and the levels combine as package threshold
+// (opes/rspamd/threshold) says, because a milter can only refuse or hold
+// the message as a whole at the end of data: reject only when every
+// recipient's level is reject, quarantine when every level is at least
+// quarantine, otherwise deliver, marked when any level is tag or above,
+// with the per-class levels in X-Spam-Levels. Per-recipient spamd users
+// are out of scope.
 //
 // A failure to reach spamd, a timeout or a malformed answer is an error,
 // so the service's on_error policy decides, not this package: mail is not
@@ -44,7 +55,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"strconv"
@@ -52,6 +62,7 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/spamlevel"
 )
 
 type options struct {
@@ -61,8 +72,11 @@ type options struct {
 	User            string  `toml:"user"`
 	AddHeader       bool    `toml:"add_header"`
 	SubjectPrefix   string  `toml:"subject_prefix"`
+	TagScore        float64 `toml:"tag_score"`
 	QuarantineScore float64 `toml:"quarantine_score"`
 	RejectScore     float64 `toml:"reject_score"`
+
+	Recipient []spamlevel.RecipientOptions `toml:"recipient"`
 }
 
 // Defaults and bounds of the options.
@@ -79,6 +93,7 @@ const (
 const (
 	FieldScore  = "X-Spam-Score"
 	FieldStatus = "X-Spam-Status"
+	FieldLevels = "X-Spam-Levels" // per-recipient classes, with recipient entries only
 )
 
 type service struct {
@@ -88,8 +103,7 @@ type service struct {
 	user          string
 	addHeader     bool
 	prefix        string
-	quarantine    float64
-	reject        float64
+	table         *spamlevel.Table
 }
 
 // New builds the service from its options. decode fills a struct from
@@ -132,20 +146,12 @@ func New(decode func(v any) error) (opes.Service, error) {
 		}
 		s.prefix = p
 	}
-	for _, t := range []struct {
-		field string
-		v     float64
-	}{{"quarantine_score", o.QuarantineScore}, {"reject_score", o.RejectScore}} {
-		if math.IsNaN(t.v) || t.v < 0 || t.v > maxScore {
-			return nil, opes.FieldErrorf(t.field, "%v is not a score between 0 (off) and %g", t.v, float64(maxScore))
-		}
+	def := spamlevel.Set{Tag: o.TagScore, Quarantine: o.QuarantineScore, Reject: o.RejectScore}
+	if s.table, err = spamlevel.NewTable(def, o.Recipient); err != nil {
+		return nil, err
 	}
-	s.quarantine, s.reject = o.QuarantineScore, o.RejectScore
-	if s.quarantine > 0 && s.reject > 0 && s.quarantine >= s.reject {
-		return nil, opes.FieldErrorf("quarantine_score", "%g is not below reject_score %g: reject wins, so the quarantine would never apply", s.quarantine, s.reject)
-	}
-	if !s.addHeader && s.prefix == "" && s.quarantine == 0 && s.reject == 0 {
-		return nil, opes.FieldErrorf("add_header", "add_header, subject_prefix, quarantine_score or reject_score is required: a spamd service without any changes nothing")
+	if !s.addHeader && s.prefix == "" && def.Quarantine == 0 && def.Reject == 0 && !s.table.PerRecipient() {
+		return nil, opes.FieldErrorf("add_header", "add_header, subject_prefix, quarantine_score, reject_score or a recipient entry is required: a spamd service without any changes nothing")
 	}
 	return s, nil
 }
@@ -217,10 +223,22 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	return s.act(tx, res)
 }
 
-// act turns spamd's answer into the verdict and header changes.
+// act turns spamd's answer into the verdict and header changes. The
+// levels of the recipients' classes combine into one decision for the
+// message (package threshold).
 func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
+	engine := spamlevel.Ham
+	if res.Spam {
+		engine = spamlevel.Tag
+	}
+	var rcpts []string
+	for _, r := range tx.AcceptedRecipients() {
+		rcpts = append(rcpts, r.Addr)
+	}
+	d := s.table.Decide(res.Score, engine, rcpts)
+	spam := d.Level >= spamlevel.Tag
 	score := formatScore(res.Score)
-	if s.reject > 0 && res.Score >= s.reject {
+	if d.Level == spamlevel.Reject {
 		// Nothing is delivered, so the header is left alone.
 		return opes.Verdict{
 			Kind: opes.Reject, Action: "rejected", Reason: "spam score " + score,
@@ -228,20 +246,33 @@ func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 		}, nil
 	}
 	action := "analyzed"
-	if s.addHeader {
+	if s.addHeader || s.table.PerRecipient() {
 		// A sender's own X-Spam-* fields would contradict ours, or be
 		// trusted by a mail client filter: ours replace them.
 		tx.Header.Del(FieldScore)
 		tx.Header.Del(FieldStatus)
+		tx.Header.Del(FieldLevels)
+	}
+	if s.addHeader {
+		// Yes/No is our decision (spamd's unless tag_score is set), so it
+		// agrees with the Subject mark.
+		st := *res
+		st.Spam = spam
 		if err := tx.Header.Add(FieldScore, score); err != nil {
 			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldScore, err)
 		}
-		if err := tx.Header.Add(FieldStatus, statusValue(res)); err != nil {
+		if err := tx.Header.Add(FieldStatus, statusValue(&st)); err != nil {
 			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldStatus, err)
 		}
 		action = "header-added"
 	}
-	if s.prefix != "" && res.Spam {
+	if s.table.PerRecipient() {
+		if err := tx.Header.Add(FieldLevels, d.HeaderValue(FieldLevels)); err != nil {
+			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldLevels, err)
+		}
+		action = "header-added"
+	}
+	if s.prefix != "" && spam {
 		marked, err := tx.Header.MarkSubject(s.prefix)
 		if err != nil {
 			return opes.Verdict{}, fmt.Errorf("spamd: mark subject: %w", err)
@@ -250,13 +281,13 @@ func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 			action = "tagged"
 		}
 	}
-	if s.quarantine > 0 && res.Score >= s.quarantine {
+	if d.Level == spamlevel.Quarantine {
 		// The header changes above still apply: they tell whoever reviews
 		// the quarantine why the message is there.
 		return opes.Verdict{Kind: opes.Quarantine, Action: "quarantined", Reason: "spam score " + score}, nil
 	}
 	reason := "ham score " + score
-	if res.Spam {
+	if spam {
 		reason = "spam score " + score
 	}
 	return opes.Verdict{Kind: opes.Continue, Action: action, Reason: reason}, nil

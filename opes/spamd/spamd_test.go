@@ -51,7 +51,7 @@ func TestNew(t *testing.T) {
 	}
 	s = mustNew(t, opts("[::1]:783", `timeout = "2s"`, "max_size = 1000", `user = "spam"`,
 		`subject_prefix = " [SPAM] "`, "quarantine_score = 8", "reject_score = 15.5"))
-	if s.timeout != 2*time.Second || s.maxSize != 1000 || s.user != "spam" || s.prefix != "[SPAM]" || s.quarantine != 8 || s.reject != 15.5 {
+	if s.timeout != 2*time.Second || s.maxSize != 1000 || s.user != "spam" || s.prefix != "[SPAM]" || s.table.Default().Quarantine != 8 || s.table.Default().Reject != 15.5 {
 		t.Errorf("options: %+v", s)
 	}
 }
@@ -75,6 +75,10 @@ func TestNewErrors(t *testing.T) {
 		{"negative reject", opts("127.0.0.1:783", "reject_score = -1.0"), "reject_score", "not a score"},
 		{"nan quarantine", opts("127.0.0.1:783", "quarantine_score = nan"), "quarantine_score", "not a score"},
 		{"quarantine above reject", opts("127.0.0.1:783", "quarantine_score = 10.0", "reject_score = 8.0"), "quarantine_score", "never apply"},
+		{"tag above quarantine", opts("127.0.0.1:783", "tag_score = 10.0", "quarantine_score = 8.0"), "tag_score", "never apply"},
+		{"tag score alone", opts("127.0.0.1:783", "tag_score = 3.0"), "add_header", "is required"},
+		{"recipient without match", opts("127.0.0.1:783", "reject_score = 8.0", "[[options.recipient]]", "reject_score = 5.0"), "recipient[1].match", "is required"},
+		{"recipient order", opts("127.0.0.1:783", "reject_score = 8.0", "[[options.recipient]]", `match = ["@example.net"]`, "quarantine_score = 9.0"), "recipient[1].quarantine_score", "never apply"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -448,4 +452,78 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestTagScore: a local tag_score replaces spamd's own required_score
+// for the Subject mark and X-Spam-Status.
+func TestTagScore(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	v, h, err := gtubeMessage().run(t, mustNew(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`, "tag_score = 2000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Kind != opes.Continue || v.Action != "header-added" || h.Get("Subject") != "gtube" || !strings.HasPrefix(h.Get(FieldStatus), "No, score=10") {
+		t.Errorf("verdict %+v, Subject %q, %s %q", v, h.Get("Subject"), FieldStatus, h.Get(FieldStatus))
+	}
+	m := hamMessage()
+	m.body += "a line\r\n"
+	v, h, err = m.run(t, mustNew(t, opts(tcp, `subject_prefix = "[SPAM]"`, "tag_score = 0.001", "reject_score = 1000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ham scores about 0 to 2 with -L; a tiny tag_score marks it
+	// unless it scored 0 or less.
+	t.Logf("ham: %+v, Subject %q", v, h.Get("Subject"))
+	if strings.HasPrefix(v.Reason, "spam score") != (h.Get("Subject") == "[SPAM] lunch") {
+		t.Errorf("reason %q disagrees with Subject %q", v.Reason, h.Get("Subject"))
+	}
+}
+
+// TestPerRecipient: GTUBE (score 1000) for recipients of different
+// classes; the combination rule of package threshold decides.
+func TestPerRecipient(t *testing.T) {
+	tcp, _ := needSpamd(t)
+	src := opts(tcp, `subject_prefix = "[SPAM]"`,
+		"[[options.recipient]]", `name = "strict"`, `match = ["@strict.example", "joe@example.org"]`, "reject_score = 10",
+		"[[options.recipient]]", `name = "hold"`, `match = ["@hold.example"]`, "quarantine_score = 10")
+	tests := []struct {
+		name    string
+		rcpts   []string
+		kind    opes.VerdictKind
+		levels  string
+		subject string
+	}{
+		{"all strict: reject", []string{"a@strict.example", "Joe@Example.org"}, opes.Reject, "", "gtube"},
+		{"strict and default: deliver marked", []string{"a@strict.example", "bob@example.net"}, opes.Continue, "strict=reject; default=tag", "[SPAM] gtube"},
+		{"strict and hold: quarantine", []string{"a@strict.example", "c@hold.example"}, opes.Quarantine, "strict=reject; hold=quarantine", "[SPAM] gtube"},
+		{"default only", []string{"bob@example.net"}, opes.Continue, "default=tag", "[SPAM] gtube"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := mustNew(t, src)
+			s := storingProcessor(t, svc).NewSession()
+			defer s.Close()
+			m := gtubeMessage()
+			*s.Conn() = m.conn
+			tx := s.Transaction()
+			tx.Sender = &opes.Address{Addr: m.sender}
+			for _, r := range tt.rcpts {
+				tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: r}})
+			}
+			for _, f := range m.header {
+				s.Header(f[0], f[1])
+			}
+			s.BodyChunk([]byte(m.body))
+			stx := svc.Begin(tx)
+			defer stx.Close()
+			v, err := stx.EndOfMessage(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := tx.Header
+			if v.Kind != tt.kind || h.Get(FieldLevels) != tt.levels || h.Get("Subject") != tt.subject {
+				t.Errorf("verdict %+v, %s %q, Subject %q; want %v, %q, %q", v, FieldLevels, h.Get(FieldLevels), h.Get("Subject"), tt.kind, tt.levels, tt.subject)
+			}
+		})
+	}
 }
