@@ -6,11 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 // End-to-end tests through real MTAs with the real content engines
-// (engines.go): clamd through Postfix and Sendmail, spamd through Postfix.
+// (engines.go): clamd through Postfix and Sendmail, spamd and rspamd
+// through Postfix.
 
 // enginePolicy is a policy with one engine service, name, run for every
 // message; options are the lines of [service.options].
@@ -266,4 +268,43 @@ func TestSpamdEndToEnd(t *testing.T) {
 			t.Errorf("%d messages at the sink, want only the ham", n)
 		}
 	})
+}
+
+// TestRspamdEndToEnd: real rspamd behind real Postfix. GTUBE is refused at
+// the end of data with rspamd's symbols and the trace; the rewrite-subject
+// variant is delivered marked and with the X-Spam fields; a clean message
+// is delivered untouched but traced.
+func TestRspamdEndToEnd(t *testing.T) {
+	t.Parallel()
+	Require(t)
+	r, err := enginetest.StartRspamd(enginetest.RspamdOptions{Dir: TempDir(t)})
+	if err != nil {
+		t.Fatalf("integration: rspamd is needed for this test: %v", err)
+	}
+	t.Cleanup(r.Stop)
+	svc := itSystem + "svc/spam"
+	policy := enginePolicy("spam", "rspamd", `address = "`+r.Addr()+`"`, `timeout = "20s"`, `subject_prefix = "[SPAM]"`)
+	sink, _, addr := mtaStack(t, "postfix", MilterOptions{Policy: policy})
+	msg := func(subject, body string) []byte {
+		return []byte("From: Alice <alice@example.org>\nTo: bob@example.net\nSubject: " + subject +
+			"\nMessage-ID: <" + subject + "@example.org>\n\n" + body + "\n")
+	}
+	rep := sendOne(t, addr, msg("rspamd-gtube", "This is the GTUBE.\n"+GTUBE))
+	checkTraceReply(t, rep, 554, "5.7.1", svc)
+	if !rep.Contains("GTUBE") {
+		t.Errorf("the refusal does not name the symbol:\n%s", rep)
+	}
+	if rep := sendOne(t, addr, msg("rspamd-mark", "Subject rewrite please.\n"+enginetest.GTUBERewriteSubject)); rep.Code != 250 {
+		t.Fatalf("rewrite-subject variant: %s", rep)
+	}
+	d := sink.WaitDump(t, HasHeader("Subject", "[SPAM] rspamd-mark"), 15*time.Second)
+	if d.Header().Get("X-Spam-Score") == "" || !strings.HasPrefix(d.Header().Get("X-Spam-Status"), "Yes") {
+		t.Errorf("marked message lacks the X-Spam fields:\n%s", d.Message)
+	}
+	wantAction(t, d, svc, "tagged")
+	if rep := sendOne(t, addr, msg("rspamd-ham", "See you at noon.")); rep.Code != 250 {
+		t.Fatalf("ham: %s", rep)
+	}
+	d = sink.WaitDump(t, HasHeader("Subject", "rspamd-ham"), 15*time.Second)
+	wantAction(t, d, svc, "analyzed")
 }
