@@ -179,6 +179,9 @@ func (b *backend) apply(o *opes.Outcome, m gomilter.Modifier) error {
 		lead = " "
 	}
 	for _, c := range o.HeaderChanges {
+		// The protocol wants LF line ends; converting here keeps go-milter
+		// on its fast path (the processor's values hold no CR otherwise).
+		c.Value = strings.ReplaceAll(c.Value, "\r\n", "\n")
 		var err error
 		switch c.Kind {
 		case opes.InsertField:

@@ -42,8 +42,10 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		src.quickAck = quickAcker(tc)
 	}
 	// Buffered: the MTA's macro and command packets usually arrive
-	// together, and one read syscall then serves both.
-	return &guardConn{Conn: c, log: l.log, metrics: l.metrics, r: bufio.NewReaderSize(src, 4<<10)}, nil
+	// together, and one read syscall then serves both. They are small;
+	// body chunks are larger than the buffer and bypass it, so 1 KiB
+	// serves as well as more and is allocated for every connection.
+	return &guardConn{Conn: c, log: l.log, metrics: l.metrics, r: bufio.NewReaderSize(src, 1<<10)}, nil
 }
 
 // ackReader re-arms TCP_QUICKACK before every read from the socket.

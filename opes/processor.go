@@ -361,7 +361,9 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	if s.p.quarantine != nil {
 		received = tx.Header.Fields()
 	}
-	tx.signedContent() // judged on the header as received
+	if len(s.run.active) > 0 {
+		tx.signedContent() // judged on the header as received, before any service
+	}
 	// The system entry exists before the first service runs (PROFILE §2).
 	sysValue := s.systemEntry().String()
 	tx.Header.fields = append([]HeaderField{{Name: FieldSystem, Value: sysValue, orig: origOwn}}, tx.Header.fields...)
