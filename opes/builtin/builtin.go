@@ -22,6 +22,7 @@ import (
 	"github.com/opesmilter/opes-milter/opes/links"
 	"github.com/opesmilter/opes-milter/opes/normalize"
 	"github.com/opesmilter/opes-milter/opes/notify"
+	"github.com/opesmilter/opes-milter/opes/pgp"
 	"github.com/opesmilter/opes-milter/opes/reroute"
 	"github.com/opesmilter/opes-milter/opes/rspamd"
 	"github.com/opesmilter/opes-milter/opes/spamd"
@@ -69,6 +70,8 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 		return links.New(decode)
 	case "milter":
 		return childmilter.New(decode)
+	case "pgp":
+		return pgp.New(decode)
 	case "reroute":
 		return reroute.New(decode)
 	case "rspamd":
@@ -83,5 +86,5 @@ func NewWith(kind string, decode func(v any) error, deps Deps) (opes.Service, er
 
 // Kinds lists the built-in kinds, sorted. The slice is new on every call.
 func Kinds() []string {
-	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "reroute", "rspamd", "spamd", "tag"}
+	return []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "pgp", "reroute", "rspamd", "spamd", "tag"}
 }

@@ -24,8 +24,8 @@ func TestNew(t *testing.T) {
 			needs: opes.Needs{Stages: opes.StagesOf(opes.StageEOM), Headers: true}},
 		{kind: "acl", src: "[[options.entry]]\naction = \"maybe\"\n", errMsg: "unknown action", field: "entry[1].action"},
 		{kind: "tag", src: "[options]\n", errMsg: "header or subject_prefix is required", field: "header"},
-		{kind: "ACL", src: "", errMsg: `unknown service kind "ACL" (known kinds: acl, attachments, callout, checks, clamav, dkim, icap, links, milter, normalize, notify, reroute, rspamd, spamd, tag)`},
-		{kind: "virus-scan", src: "", errMsg: `unknown service kind "virus-scan" (known kinds: acl, attachments, callout, checks, clamav, dkim, icap, links, milter, normalize, notify, reroute, rspamd, spamd, tag)`},
+		{kind: "ACL", src: "", errMsg: `unknown service kind "ACL" (known kinds: acl, attachments, callout, checks, clamav, dkim, icap, links, milter, normalize, notify, pgp, reroute, rspamd, spamd, tag)`},
+		{kind: "virus-scan", src: "", errMsg: `unknown service kind "virus-scan" (known kinds: acl, attachments, callout, checks, clamav, dkim, icap, links, milter, normalize, notify, pgp, reroute, rspamd, spamd, tag)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind+"/"+tt.errMsg, func(t *testing.T) {
@@ -52,7 +52,7 @@ func TestNew(t *testing.T) {
 
 func TestKinds(t *testing.T) {
 	k := Kinds()
-	if !slices.Equal(k, []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "reroute", "rspamd", "spamd", "tag"}) {
+	if !slices.Equal(k, []string{"acl", "attachments", "callout", "checks", "clamav", "dkim", "icap", "links", "milter", "normalize", "notify", "pgp", "reroute", "rspamd", "spamd", "tag"}) {
 		t.Fatalf("Kinds = %v", k)
 	}
 	if !slices.IsSorted(k) {
