@@ -207,3 +207,13 @@ func (es Errors) sorted() Errors {
 	})
 	return out
 }
+
+// Warnings lists what is valid but rarely meant: a policy whose services
+// can never act because nobody consented (PROFILE §6).
+func (c *Config) Warnings() []string {
+	p := c.Policy
+	if k := p.Consent; k != nil && !k.All && len(k.Recipients) == 0 && len(k.Senders) == 0 && (len(p.Services) > 0 || len(p.Rules) > 0) {
+		return []string{"no [consent]: services and rules from RCPT on act for nobody; every message is only traced"}
+	}
+	return nil
+}

@@ -236,6 +236,9 @@ func run(args []string, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	for _, w := range cfg.Warnings() {
+		log.Warn("opes-milter: " + w)
+	}
 	log.Info("opes-milter: listening", "listen", listen, "config", cfg.Source, "system_uri", cfg.Policy.System.URI,
 		"needs", cfg.Policy.Needs().Stages.String())
 

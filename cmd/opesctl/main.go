@@ -96,8 +96,12 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: ok (%s, %s; MTA stages needed: %s)\n", *path,
 		plural(len(cfg.Policy.Services), "service"), plural(len(cfg.Policy.Rules), "rule"), cfg.Policy.Needs().Stages)
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", *path, w)
+	}
 	return 0
 }
+
 
 func plural(n int, word string) string {
 	if n == 1 {

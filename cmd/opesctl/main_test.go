@@ -92,3 +92,27 @@ func TestExplainDefaultPolicy(t *testing.T) {
 		t.Errorf("default policy output:\n%s", out)
 	}
 }
+
+func TestCheckWarnsWithoutConsent(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.toml")
+	src := "[system]\nuri = \"https://x.example/opes/\"\n\n[[service]]\nname = \"t\"\nkind = \"tag\"\n[service.options]\nheader = \"X-T: 1\"\n\n[[rule]]\nrun = [\"t\"]\n"
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check", "-config", path}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "warning: no [consent]") {
+		t.Errorf("no consent warning:\n%s", out.String())
+	}
+	if err := os.WriteFile(path, []byte(src+"\n[consent]\nrecipients = [\"@x.example\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	run([]string{"check", "-config", path}, &out, &errOut)
+	if strings.Contains(out.String(), "warning") {
+		t.Errorf("warning with a [consent]:\n%s", out.String())
+	}
+}
