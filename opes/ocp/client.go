@@ -54,6 +54,7 @@ type Client struct {
 	done     chan struct{}
 	peerCS   chan struct{}
 	broken   bool // a group was destroyed by the peer: no new transactions
+	closing  bool // Close is under way: whatever ends the connection, we did
 }
 
 // NewClient starts OCP on an established transport: it sends CS and the
@@ -119,11 +120,16 @@ func (c *Client) Active() int {
 // Close ends the connection with CE and closes the transport. Open
 // transactions fail with ErrClosed.
 func (c *Client) Close(r Result) {
-	select {
-	case <-c.done:
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
 		return
-	default:
 	}
+	// The peer may close the transport as soon as it reads CE, before
+	// shutdown below runs: the read loop must then report our close,
+	// not the peer's.
+	c.closing = true
+	c.mu.Unlock()
 	_ = c.w.send(NewMessage(MsgCE, r.Value()))
 	c.shutdown(ErrClosed)
 }
@@ -134,6 +140,9 @@ func (c *Client) shutdown(err error) {
 	if c.err != nil {
 		c.mu.Unlock()
 		return
+	}
+	if c.closing {
+		err = ErrClosed
 	}
 	c.err = err
 	txs := c.txs
