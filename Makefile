@@ -55,9 +55,13 @@ unit:
 	$(GO) vet ./...
 	$(GO) test -count=1 ./opes/... ./policy/... ./milter/... ./internal/... ./cmd/...
 
+# test also runs every fuzz target for TEST_FUZZTIME (new crashers found
+# there land in testdata/fuzz and replay in every later go test).
+TEST_FUZZTIME ?= 2s
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	GO='$(GO)' FUZZTIME='$(TEST_FUZZTIME)' sh bench/fuzz.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
