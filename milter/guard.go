@@ -73,11 +73,15 @@ type guardConn struct {
 
 	wmu  sync.Mutex
 	held []byte // a packet header waiting for its payload
+	out  []byte // whole modification packets waiting for the final answer
 }
 
 // Write joins go-milter's two writes per packet (5-byte length+code, then
-// the payload) into one, halving the write syscalls and sending each
-// packet as one segment.
+// the payload) into one, and holds modification actions (header, envelope
+// and body changes at the end of message) until the final answer, so that
+// a message's changes and its accept leave in one write: the trace alone
+// is two header insertions, and every write is a system call on the mail
+// path. Held bytes are bounded; a progress packet is sent at once.
 func (c *guardConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -86,12 +90,48 @@ func (c *guardConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if c.held != nil {
-		buf := append(c.held, p...)
+		pkt := append(c.held, p...)
 		c.held = nil
-		n, err := c.Conn.Write(buf)
-		return max(n-5, 0), err
+		if err := c.emit(pkt); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	if err := c.emit(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// maxHeldWrites bounds the modification actions held for one write; a
+// replaced body is sent in chunks past it.
+const maxHeldWrites = 64 << 10
+
+// emit sends one whole packet, or holds it while it is a modification
+// action and the held bytes stay under maxHeldWrites.
+func (c *guardConn) emit(pkt []byte) error {
+	if len(pkt) >= 5 && isModification(pkt[4]) && len(c.out)+len(pkt) <= maxHeldWrites {
+		c.out = append(c.out, pkt...)
+		return nil
+	}
+	buf := pkt
+	if len(c.out) > 0 {
+		buf = append(c.out, pkt...)
+	}
+	_, err := c.Conn.Write(buf)
+	c.out = c.out[:0]
+	return err
+}
+
+// isModification reports the milter reply codes that are end-of-message
+// modification actions (never a final answer): add, delete and change
+// recipients, header fields, sender, body, and quarantine.
+func isModification(code byte) bool {
+	switch code {
+	case '+', '-', '2', 'b', 'e', 'h', 'i', 'm', 'q':
+		return true
+	}
+	return false
 }
 
 // Read returns bytes of whole, validated packets only.
