@@ -53,7 +53,13 @@ func respond(o *opes.Outcome) (*gomilter.Response, error) {
 	return gomilter.RespContinue, nil
 }
 
-func withDeadline(d time.Duration) (context.Context, context.CancelFunc) {
+// deadline bounds a stage's processing inside the MTA's milter timeout.
+// A policy without services waits for nothing: no timer then, which the
+// trace-only path would pay for on every message.
+func (b *backend) deadline(d time.Duration) (context.Context, context.CancelFunc) {
+	if b.proc.Idle() {
+		return context.Background(), func() {}
+	}
 	return context.WithTimeout(context.Background(), d)
 }
 
@@ -74,7 +80,7 @@ func (b *backend) Connect(host, family string, port uint16, addr string, m gomil
 	}
 	c.MTAName = m.Get(gomilter.MacroMTAFQDN)
 	c.DaemonName = m.Get(gomilter.MacroDaemonName)
-	ctx, cancel := withDeadline(commandDeadline)
+	ctx, cancel := b.deadline(commandDeadline)
 	defer cancel()
 	return respond(b.sess.Connect(ctx))
 }
@@ -85,7 +91,7 @@ func (b *backend) Helo(name string, m gomilter.Modifier) (resp *gomilter.Respons
 	c.TLSVersion = m.Get(gomilter.MacroTlsVersion)
 	c.Cipher = m.Get(gomilter.MacroCipher)
 	c.CertSubject = m.Get(gomilter.MacroCertSubject)
-	ctx, cancel := withDeadline(commandDeadline)
+	ctx, cancel := b.deadline(commandDeadline)
 	defer cancel()
 	return respond(b.sess.Helo(ctx, name))
 }
@@ -95,7 +101,7 @@ func (b *backend) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (resp *g
 	c := b.sess.Conn()
 	c.AuthType = m.Get(gomilter.MacroAuthType)
 	c.AuthUser = m.Get(gomilter.MacroAuthAuthen)
-	ctx, cancel := withDeadline(commandDeadline)
+	ctx, cancel := b.deadline(commandDeadline)
 	defer cancel()
 	// Sendmail tells the queue id at MAIL: record it before the stage
 	// runs so a MAIL refusal carries the id Sendmail logs.
@@ -107,7 +113,7 @@ func (b *backend) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (resp *g
 func (b *backend) RcptTo(rcptTo, esmtpArgs string, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer b.guard("rcpt", &resp, &err)
 	b.sess.SetQueueID(m.Get(gomilter.MacroQueueId))
-	ctx, cancel := withDeadline(commandDeadline)
+	ctx, cancel := b.deadline(commandDeadline)
 	defer cancel()
 	return respond(b.sess.Rcpt(ctx, opes.Address{Addr: rcptTo, Args: strings.Fields(esmtpArgs)}))
 }
@@ -115,7 +121,7 @@ func (b *backend) RcptTo(rcptTo, esmtpArgs string, m gomilter.Modifier) (resp *g
 func (b *backend) Data(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer b.guard("data", &resp, &err)
 	b.sess.SetQueueID(m.Get(gomilter.MacroQueueId))
-	ctx, cancel := withDeadline(commandDeadline)
+	ctx, cancel := b.deadline(commandDeadline)
 	defer cancel()
 	return respond(b.sess.Data(ctx))
 }
@@ -134,7 +140,7 @@ func (b *backend) Header(name, value string, _ gomilter.Modifier) (resp *gomilte
 func (b *backend) Headers(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer b.guard("eoh", &resp, &err)
 	b.sess.SetQueueID(m.Get(gomilter.MacroQueueId))
-	ctx, cancel := withDeadline(contentDeadline)
+	ctx, cancel := b.deadline(contentDeadline)
 	defer cancel()
 	return respond(b.sess.EndOfHeaders(ctx))
 }
@@ -150,7 +156,7 @@ func (b *backend) BodyChunk(chunk []byte, _ gomilter.Modifier) (resp *gomilter.R
 func (b *backend) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer b.guard("eom", &resp, &err)
 	defer b.sess.Finish()
-	ctx, cancel := withDeadline(contentDeadline)
+	ctx, cancel := b.deadline(contentDeadline)
 	defer cancel()
 	o := b.sess.EndOfMessage(ctx, m.Get(gomilter.MacroQueueId))
 	if o.Kind == opes.Discard {

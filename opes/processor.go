@@ -104,6 +104,10 @@ func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor,
 	return proc, nil
 }
 
+// Idle reports whether the policy has no services and no rules: the
+// processor only traces, and never waits for anything.
+func (p *Processor) Idle() bool { return len(p.policy.Services) == 0 && len(p.policy.Rules) == 0 }
+
 // Policy returns the policy the processor runs.
 func (p *Processor) Policy() *Policy { return p.policy }
 
