@@ -5,6 +5,7 @@
 package enginetest
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -104,6 +105,37 @@ type daemon struct {
 	done    chan struct{}
 	dir     string
 	ownsDir bool
+}
+
+// waitReady polls ready every interval until it answers (nil), the daemon
+// exits, or a minute has passed since start; logs describes the failure.
+func (d *daemon) waitReady(name string, start time.Time, every time.Duration, ready func() error, logs func() string) error {
+	for time.Since(start) < 60*time.Second {
+		select {
+		case <-d.done:
+			return fmt.Errorf("%s exited during startup:\n%s", name, logs())
+		case <-time.After(every):
+		}
+		if ready() == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s did not answer within 60 s:\n%s", name, logs())
+}
+
+// ask sends req to addr over TCP (bounded at 2 s) and returns a reader of
+// the answer; the caller checks it and closes the connection.
+func ask(addr, req string) (*bufio.Reader, net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return bufio.NewReader(c), c, nil
 }
 
 // start runs cmd with its output in dir/outName.

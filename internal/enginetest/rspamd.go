@@ -1,9 +1,7 @@
 package enginetest
 
 import (
-	"bufio"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -254,17 +252,7 @@ lua = %[11]q;
 			return err
 		}
 	}
-	for time.Since(start) < 60*time.Second {
-		select {
-		case <-r.done:
-			return fmt.Errorf("rspamd exited during startup:\n%s", r.Logs())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if RspamdPing(r.addr) == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("rspamd did not answer /ping within 60 s:\n%s", r.Logs())
+	return r.waitReady("rspamd", start, 20*time.Millisecond, func() error { return RspamdPing(r.addr) }, r.Logs)
 }
 
 // Addr is the normal worker's TCP address, "127.0.0.1:PORT".
@@ -283,16 +271,11 @@ func (r *Rspamd) Logs() string { return logs(r.dir, 40, "rspamd.out", "rspamd.lo
 
 // RspamdPing asks GET /ping on addr, expecting "pong".
 func RspamdPing(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+	br, c, err := ask(addr, "GET /ping HTTP/1.0\r\n\r\n")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("GET /ping HTTP/1.0\r\n\r\n")); err != nil {
-		return err
-	}
-	br := bufio.NewReader(c)
 	status, err := br.ReadString('\n')
 	if err != nil {
 		return err

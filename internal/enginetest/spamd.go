@@ -1,9 +1,7 @@
 package enginetest
 
 import (
-	"bufio"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -121,17 +119,7 @@ func (s *Spamd) start(bin string, pres []string, started func(int) error) error 
 			return err
 		}
 	}
-	for time.Since(start) < 60*time.Second {
-		select {
-		case <-s.done:
-			return fmt.Errorf("spamd exited during startup:\n%s", s.Logs())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if SpamdPing(s.addr) == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("spamd did not answer PING within 60 s:\n%s", s.Logs())
+	return s.waitReady("spamd", start, 50*time.Millisecond, func() error { return SpamdPing(s.addr) }, s.Logs)
 }
 
 // Addr is spamd's TCP address, "127.0.0.1:PORT".
@@ -150,16 +138,12 @@ func (s *Spamd) Logs() string { return logs(s.dir, 40, "spamd.out", "spamd.log")
 
 // SpamdPing speaks PING SPAMC/1.5 to addr, expecting "SPAMD/1.5 0 PONG".
 func SpamdPing(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+	br, c, err := ask(addr, "PING SPAMC/1.5\r\n\r\n")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("PING SPAMC/1.5\r\n\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := br.ReadString('\n')
 	if err != nil {
 		return err
 	}
