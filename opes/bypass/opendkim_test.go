@@ -2,81 +2,48 @@ package bypass
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 )
 
-// findTool looks in PATH and in /usr/sbin, where Debian puts OpenDKIM.
-func findTool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if p := filepath.Join("/usr/sbin", name); fileExists(p) {
-		return p
-	}
-	t.Skipf("%s not installed (Debian packages opendkim, opendkim-tools)", name)
-	return ""
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// openDKIM runs the real OpenDKIM filter in its test mode (opendkim -t:
+// openDKIM is the real OpenDKIM filter in its test mode (opendkim -t:
 // the milter code path without an MTA) with a key from opendkim-genkey.
 type openDKIM struct {
-	bin, dir string
-	txt      string // the key's TXT record, as opendkim-genkey wrote it
+	*enginetest.OpenDKIMTestMode
+	txt string // the key's TXT record, as opendkim-genkey wrote it
 }
 
 func newOpenDKIM(t *testing.T) *openDKIM {
 	t.Helper()
-	o := &openDKIM{bin: findTool(t, "opendkim"), dir: t.TempDir()}
-	genkey := findTool(t, "opendkim-genkey")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, genkey, "-b", "2048", "-d", "example.org", "-s", "sel", "-D", o.dir).CombinedOutput(); err != nil {
-		t.Fatalf("opendkim-genkey: %v\n%s", err, out)
+	if _, err := enginetest.LookBin("opendkim-genkey", ""); err != nil {
+		t.Skip("opendkim-tools not installed (Debian packages opendkim, opendkim-tools)")
 	}
-	rec, err := os.ReadFile(filepath.Join(o.dir, "sel.txt"))
+	o, err := enginetest.NewOpenDKIMTestMode(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// sel._domainkey IN TXT ( "v=DKIM1; ..." "p=..." "..." ) ; comment
-	for _, m := range regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(string(rec), -1) {
-		o.txt += m[1]
-	}
-	return o
+	return &openDKIM{OpenDKIMTestMode: o, txt: o.TXT}
 }
 
 // sign returns msg with OpenDKIM's signature over signHeaders prepended,
 // and the signature's h= tag.
 func (o *openDKIM) sign(t *testing.T, msg, signHeaders string, overSign bool) (signed, h string) {
 	t.Helper()
-	conf := "Domain example.org\nSelector sel\nKeyFile " + filepath.Join(o.dir, "sel.private") + "\n" +
+	conf := "Domain example.org\nSelector sel\nKeyFile " + o.KeyFile + "\n" +
 		"Mode s\nSignatureAlgorithm rsa-sha256\nCanonicalization relaxed/simple\n" +
-		"SignHeaders " + signHeaders + "\nSyslog no\nRequireSafeKeys no\n"
+		"SignHeaders " + signHeaders + "\n"
 	if overSign {
 		conf += "OversignHeaders OPES-Bypass\n"
 	}
-	confPath, msgPath := filepath.Join(o.dir, "opendkim.conf"), filepath.Join(o.dir, "msg.eml")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(msgPath, []byte(msg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, o.bin, "-x", confPath, "-t", msgPath, "-vvv").CombinedOutput()
+	outs, err := o.Filter(conf, msg)
 	if err != nil {
-		t.Fatalf("opendkim -t: %v\n%s", err, out)
+		t.Fatal(err)
 	}
+	out := []byte(outs)
 	// ### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='v=1; ...\n\t...'
 	m := regexp.MustCompile(`(?s)### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='([^']*)'`).FindSubmatch(out)
 	if m == nil {

@@ -1,16 +1,14 @@
 package dkim
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -18,65 +16,32 @@ import (
 // -t: the filter's code path without an MTA) with keys from
 // opendkim-genkey and public keys from a file instead of DNS.
 
-func findTool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if p := filepath.Join("/usr/sbin", name); fileExists(p) {
-		return p
-	}
-	t.Skipf("%s not installed (Debian packages opendkim, opendkim-tools)", name)
-	return ""
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
 type openDKIM struct {
-	bin, dir string
-	keyFile  string // sel.private from opendkim-genkey
-	txt      string // its TXT record
+	*enginetest.OpenDKIMTestMode
+	keyFile string // sel.private from opendkim-genkey
+	txt     string // its TXT record
 }
 
 func newOpenDKIM(t *testing.T) *openDKIM {
 	t.Helper()
-	o := &openDKIM{bin: findTool(t, "opendkim"), dir: t.TempDir()}
-	genkey := findTool(t, "opendkim-genkey")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, genkey, "-b", "2048", "-d", "example.org", "-s", "sel", "-D", o.dir).CombinedOutput(); err != nil {
-		t.Fatalf("opendkim-genkey: %v\n%s", err, out)
+	if _, err := enginetest.LookBin("opendkim-genkey", ""); err != nil {
+		t.Skip("opendkim-tools not installed (Debian packages opendkim, opendkim-tools)")
 	}
-	rec, err := os.ReadFile(filepath.Join(o.dir, "sel.txt"))
+	o, err := enginetest.NewOpenDKIMTestMode(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// sel._domainkey IN TXT ( "v=DKIM1; ..." "p=..." "..." ) ; comment
-	for _, m := range regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(string(rec), -1) {
-		o.txt += m[1]
-	}
-	o.keyFile = filepath.Join(o.dir, "sel.private")
-	return o
+	return &openDKIM{OpenDKIMTestMode: o, keyFile: o.KeyFile, txt: o.TXT}
 }
 
 // runFilter runs opendkim -t over msg with conf and returns its output.
 func (o *openDKIM) runFilter(t *testing.T, conf, msg string) string {
 	t.Helper()
-	confPath, msgPath := filepath.Join(o.dir, "opendkim.conf"), filepath.Join(o.dir, "msg.eml")
-	conf += "Syslog no\nRequireSafeKeys no\n"
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(msgPath, []byte(msg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, o.bin, "-x", confPath, "-t", msgPath, "-vvv").CombinedOutput()
+	out, err := o.Filter(conf, msg)
 	if err != nil {
-		t.Fatalf("opendkim -t: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	return out
 }
 
 // verifyWith has OpenDKIM verify msg against the given key records and
@@ -87,7 +52,7 @@ func (o *openDKIM) verifyWith(t *testing.T, msg string, records map[string]strin
 	for name, txt := range records {
 		keys.WriteString(name + " " + txt + "\n")
 	}
-	keysPath := filepath.Join(o.dir, "keys.txt")
+	keysPath := filepath.Join(o.Dir(), "keys.txt")
 	if err := os.WriteFile(keysPath, []byte(keys.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +72,7 @@ func (o *openDKIM) verifyWith(t *testing.T, msg string, records map[string]strin
 // RSA), verified by OpenDKIM.
 func TestOpenDKIMVerifiesOurSignature(t *testing.T) {
 	o := newOpenDKIM(t)
-	ed := newKey(t, o.dir, "ed25519")
+	ed := newKey(t, o.Dir(), "ed25519")
 	for _, tc := range []struct {
 		name, keyFile, txt, canon string
 	}{
