@@ -66,7 +66,7 @@ doc=$root/usr/share/doc/opes-milter
 # Static, position-independent binaries without a toolchain path in them.
 mkdir -p "$root/usr/bin"
 CGO_ENABLED=0 GOOS=linux GOARCH=$GOARCH $GO build -trimpath -buildmode=pie \
-	-ldflags="-s -w" -o "$root/usr/bin/" ./cmd/opes-milter ./cmd/opesctl
+	-ldflags="-s -w" -o "$root/usr/bin/" ./cmd/opes-milter ./cmd/opesctl ./cmd/opes-callout
 
 install -D -m 0644 packaging/opes-milter.service "$root/lib/systemd/system/opes-milter.service"
 install -D -m 0644 contrib/systemd/opes-milter.tmpfiles "$root/usr/lib/tmpfiles.d/opes-milter.conf"
@@ -82,14 +82,14 @@ done
 install -D -m 0644 packaging/lintian-overrides "$root/usr/share/lintian/overrides/opes-milter"
 
 mkdir -p "$root/usr/share/man/man8"
-for m in opes-milter.8 opesctl.8; do
+for m in opes-milter.8 opesctl.8 opes-callout.8; do
 	gzip -9n <"packaging/$m" >"$root/usr/share/man/man8/$m.gz"
 done
 
 mkdir -p "$doc"
 install -m 0644 packaging/copyright "$doc/copyright"
 install -m 0644 README.md "$doc/README.md"
-for f in configuration operations troubleshooting deployment profile decisions; do
+for f in configuration operations troubleshooting deployment profile decisions callouts performance; do
 	if [ -f "docs/$f.md" ]; then
 		gzip -9n <"docs/$f.md" >"$doc/$f.md.gz"
 	fi
