@@ -29,6 +29,7 @@ const debPackage = "opes-milter"
 var debFiles = []string{
 	"/usr/bin/opes-milter",
 	"/usr/bin/opesctl",
+	"/usr/bin/opes-callout",
 	"/lib/systemd/system/opes-milter.service",
 	"/usr/lib/tmpfiles.d/opes-milter.conf",
 	"/etc/opes-milter/policy.toml",
@@ -37,6 +38,7 @@ var debFiles = []string{
 	"/usr/share/doc/opes-milter/README.md",
 	"/usr/share/man/man8/opes-milter.8.gz",
 	"/usr/share/man/man8/opesctl.8.gz",
+	"/usr/share/man/man8/opes-callout.8.gz",
 }
 
 // TestDebianPackage builds the Debian package with `make deb`, runs
