@@ -205,7 +205,7 @@ func (s *Session) classify(ctx context.Context, r *Recipient) *Outcome {
 		for _, pref := range prefs {
 			c.prefs = c.prefs || pref.Sender != ""
 			for _, spec := range p.Services {
-				if prefCovers(pref, spec) {
+				if prefCovers(pref, spec, s.p.normURI[spec]) {
 					s.decideInto(c, spec, true, "preference "+pref.ID)
 				}
 			}
@@ -234,15 +234,12 @@ func (s *Session) classify(ctx context.Context, r *Recipient) *Outcome {
 	return nil
 }
 
-// prefCovers reports whether a preference asks to bypass spec. Both kinds
-// cover every bypassable service unless the entry names services.
-func prefCovers(p store.Preference, spec *ServiceSpec) bool {
+// prefCovers reports whether a preference asks to bypass spec (whose
+// normalised URI is norm). Both kinds cover every bypassable service
+// unless the entry names services.
+func prefCovers(p store.Preference, spec *ServiceSpec, norm string) bool {
 	if len(p.Services) == 0 {
 		return true
-	}
-	norm, err := bypass.NormalizeURI(spec.URI)
-	if err != nil {
-		norm = spec.URI
 	}
 	return slices.Contains(p.Services, norm) || slices.Contains(p.Services, spec.URI)
 }

@@ -350,6 +350,17 @@ func TestPreferenceBypass(t *testing.T) {
 	// A recipient with the preference and one without: deferred.
 	_, rc, _ := drive(t, f.proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net"), addr("c@example.net")}, body: "x\r\n"})
 	checkReply(t, rc[1], 452, "4.5.3")
+	// A preference naming one service (written with another case of the
+	// host: URIs are compared normalised) covers that service only.
+	if _, err := st.AddPreference(ctx, store.Preference{Recipient: "d@example.net", Kind: store.NoOptional,
+		Services: []string{"https://MX1.example.net/opes/svc/optional"}}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.optional.calls
+	_, _, o = drive(t, f.proc, txInput{client: localhost, mail: addr("x@example.com"), rcpts: []Address{addr("d@example.net")}, body: "x\r\n"})
+	if f.optional.calls != before || !strings.Contains(viaOf(t, o), "svc/optional; bypass=honored") {
+		t.Errorf("per-service preference: calls %d→%d, trace %s", before, f.optional.calls, viaOf(t, o))
+	}
 	// A store that fails: tempfail the recipient, never guess.
 	st.Close()
 	_, rc, _ = drive(t, f.proc, txInput{client: localhost, mail: addr("a@example.org"), rcpts: []Address{addr("b@example.net")}, body: "x\r\n"})

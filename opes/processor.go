@@ -31,6 +31,7 @@ type Processor struct {
 	storeBody   bool // some service or condition reads the body
 
 	matcher   *bypass.Matcher
+	normURI   map[*ServiceSpec]string // RFC 3986-normalised service URIs, for preferences
 	prefs     Preferences
 	audit     Auditor
 	lookupTXT LookupTXT
@@ -98,6 +99,14 @@ func NewProcessor(policy *Policy, log *slog.Logger, opts ...Option) (*Processor,
 		uris = append(uris, s.URI)
 	}
 	proc.matcher = bypass.NewMatcher(p.System.URI, uris, p.Bypass.UnknownAsAll)
+	proc.normURI = make(map[*ServiceSpec]string, len(p.Services))
+	for _, s := range p.Services {
+		if n, err := bypass.NormalizeURI(s.URI); err == nil {
+			proc.normURI[s] = n
+		} else {
+			proc.normURI[s] = s.URI
+		}
+	}
 	// The body is kept when something reads it: a service, a condition,
 	// a DKIM check of OPES-Bypass, or the quarantine store.
 	proc.storeBody = p.Needs().Body || (proc.quarantine != nil && (len(p.Services) > 0 || len(p.Rules) > 0))

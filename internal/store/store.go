@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/opesmilter/opes-milter/opes/bypass"
 )
 
 // Errors callers test with errors.Is; the returned errors wrap them with
@@ -129,18 +131,26 @@ func (s *Store) AddPreference(ctx context.Context, p Preference) (Preference, er
 	if p.Kind != NonOPESVersion && p.Kind != NoOptional {
 		return Preference{}, fmt.Errorf("store: add preference: %w: kind %q (want %q or %q)", ErrInvalid, p.Kind, NonOPESVersion, NoOptional)
 	}
+	services := make([]string, 0, len(p.Services))
 	for _, svc := range p.Services {
 		if svc == "" || len(svc) > maxText || hasSpaceOrControl(svc) {
 			return Preference{}, fmt.Errorf("store: add preference: %w: service URI %q", ErrInvalid, svc)
 		}
+		// Stored normalised (RFC 3986), as the processor compares them.
+		n, err := bypass.NormalizeURI(svc)
+		if err != nil {
+			return Preference{}, fmt.Errorf("store: add preference: %w: service URI %q: %v", ErrInvalid, svc, err)
+		}
+		services = append(services, n)
 	}
+	p.Services = services
 	if err := checkText("created-by", p.CreatedBy); err != nil {
 		return Preference{}, fmt.Errorf("store: add preference: %w", err)
 	}
 	if err := checkText("note", p.Note); err != nil {
 		return Preference{}, fmt.Errorf("store: add preference: %w", err)
 	}
-	p.Services = nilIfEmpty(slices.Clone(p.Services))
+	p.Services = nilIfEmpty(p.Services)
 	p.ID = newID()
 	p.Created = stamp(time.Now())
 	p.Expires = stamp(p.Expires)
