@@ -318,3 +318,31 @@ func TestLaterServicesSeeTheCurrentBody(t *testing.T) {
 		t.Errorf("the second service saw %q", seen)
 	}
 }
+
+// SetAt and DelAt change and remove a later field of a name in place:
+// the MTA gets a change or a deletion of that occurrence, not a re-added
+// field at the end.
+func TestHeaderPositionedChanges(t *testing.T) {
+	h := NewHeader()
+	for _, f := range [][2]string{{"To", "a@x"}, {"Received", "one"}, {"To", "b@x"}, {"X-Tag", "1"}, {"X-Tag", "2"}} {
+		h.received(f[0], f[1])
+	}
+	h.sent = h.Fields()
+	if ok, err := h.SetAt("to", 2, "c@x"); !ok || err != nil {
+		t.Fatalf("SetAt: %v %v", ok, err)
+	}
+	if ok, err := h.DelAt("X-Tag", 1); !ok || err != nil {
+		t.Fatalf("DelAt: %v %v", ok, err)
+	}
+	if ok, _ := h.SetAt("To", 3, "d@x"); ok {
+		t.Error("SetAt of a field that does not exist")
+	}
+	if _, err := h.SetAt("OPES-Via", 1, "x"); err == nil {
+		t.Error("a trace field was changed")
+	}
+	changes := h.diff()
+	want := []HeaderChange{{Kind: ChangeField, Name: "To", Value: "c@x", Index: 2}, {Kind: DeleteField, Name: "X-Tag", Index: 1}}
+	if len(changes) != len(want) || changes[0] != want[0] || changes[1] != want[1] {
+		t.Errorf("changes %+v, want %+v", changes, want)
+	}
+}

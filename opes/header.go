@@ -100,6 +100,55 @@ func (h *Header) Set(name, value string) error {
 	return nil
 }
 
+// SetAt replaces the value of the n-th field named name (1-based, in the
+// working copy's order) in place; it reports whether that field exists.
+// Trace fields cannot be changed.
+func (h *Header) SetAt(name string, n int, value string) (bool, error) {
+	if err := checkFieldName(name); err != nil {
+		return false, err
+	}
+	if isTraceField(name) {
+		return false, fmt.Errorf("opes: %s is a trace field: only the processor writes it", name)
+	}
+	v, err := cleanFieldValue(value)
+	if err != nil {
+		return false, err
+	}
+	if i := h.nth(name, n); i >= 0 {
+		h.fields[i].Value = v
+		return true, nil
+	}
+	return false, nil
+}
+
+// DelAt removes the n-th field named name (1-based); it reports whether
+// there was one. Trace fields cannot be removed.
+func (h *Header) DelAt(name string, n int) (bool, error) {
+	if isTraceField(name) {
+		return false, fmt.Errorf("opes: %s is a trace field: only the processor writes it", name)
+	}
+	if i := h.nth(name, n); i >= 0 {
+		h.fields = append(h.fields[:i], h.fields[i+1:]...)
+		return true, nil
+	}
+	return false, nil
+}
+
+// nth is the index of the n-th field named name, -1 if none.
+func (h *Header) nth(name string, n int) int {
+	if n < 1 {
+		return -1
+	}
+	for i := range h.fields {
+		if strings.EqualFold(h.fields[i].Name, name) {
+			if n--; n == 0 {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
 // Del removes every field named name.
 func (h *Header) Del(name string) {
 	out := h.fields[:0]

@@ -370,9 +370,9 @@ func TestChanges(t *testing.T) {
 	}
 }
 
-// TestChangeLaterOccurrence: opes.Header can address only the first field
-// of a name, so a change of a later one rebuilds the fields of that name,
-// in order, at the end of the header.
+// TestChangeLaterOccurrence: a change or deletion of a later field of a
+// name reaches the MTA as a change of that occurrence: the fields keep
+// their places (no field is re-added at the end).
 func TestChangeLaterOccurrence(t *testing.T) {
 	m := testMessage()
 	m.header = append(m.header, [2]string{"X-Tag", " one"}, [2]string{"Keywords", " k"}, [2]string{"X-Tag", " two"}, [2]string{"X-Tag", " three"})
@@ -413,6 +413,13 @@ func TestChangeLaterOccurrence(t *testing.T) {
 			}
 			if !slices.Contains(names, "Keywords") {
 				t.Errorf("an unrelated field was lost: %v", names)
+			}
+			if tc.index <= 3 {
+				for _, c := range r.outcome.HeaderChanges {
+					if c.Name == "X-Tag" && c.Kind == opes.AppendField {
+						t.Errorf("a field was re-added instead of changed in place: %+v", r.outcome.HeaderChanges)
+					}
+				}
 			}
 		})
 	}

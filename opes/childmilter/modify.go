@@ -110,46 +110,19 @@ func changeAction(added, changed, sender, rcpts bool) string {
 // changeField does what smfi_chgheader asks: replace the index-th
 // (1-based) field named name, delete it when value is empty, and add the
 // field when there are fewer than index fields of that name (Sendmail and
-// Postfix do the same).
-//
-// opes.Header can address only the first field of a name (Set) or all of
-// them (Del). Changing the first field, or deleting the only one, is
-// therefore exact; for a later occurrence the fields of that name are
-// rebuilt in their order and, being new, move to the end of the header.
+// Postfix do the same). The field keeps its place (opes.Header.SetAt,
+// DelAt): the MTA gets a change of that occurrence.
 func changeField(h *opes.Header, name string, index int, value string) error {
 	index = max(index, 1)
-	var names, values []string
-	for _, f := range h.Fields() {
-		if strings.EqualFold(f.Name, name) {
-			names = append(names, f.Name)
-			values = append(values, f.Value)
-		}
+	if value == "" { // smfi_chgheader with an empty value deletes
+		_, err := h.DelAt(name, index)
+		return err
 	}
-	switch {
-	case index > len(values):
-		if value == "" {
-			return nil
-		}
-		return h.Add(name, value)
-	case value != "" && index == 1:
-		return h.Set(name, value)
-	case value == "" && len(values) == 1:
-		h.Del(name)
-		return nil
+	ok, err := h.SetAt(name, index, value)
+	if err == nil && !ok { // no such occurrence: the MTA adds the field
+		err = h.Add(name, value)
 	}
-	if value == "" {
-		names = append(names[:index-1], names[index:]...)
-		values = append(values[:index-1], values[index:]...)
-	} else {
-		values[index-1] = value
-	}
-	h.Del(name)
-	for i := range values {
-		if err := h.Add(names[i], values[i]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
 // checkChange applies the rules opes.Header and opes.Transaction enforce

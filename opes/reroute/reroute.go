@@ -490,14 +490,7 @@ func (t *txState) rewriteHeader(repl map[string]string) {
 			if !changed {
 				continue
 			}
-			if n > 1 {
-				// opes.Header can change only the first field of a name;
-				// a second To or Resent block is rare and left as is.
-				t.s.log.Warn("reroute: header field not rewritten: not the first of its name", "trace_id", t.tx.TraceID(),
-					"field", f.Name, "occurrence", n)
-				continue
-			}
-			if err := h.Set(f.Name, nv); err != nil {
+			if _, err := h.SetAt(f.Name, n, nv); err != nil {
 				t.s.log.Warn("reroute: header field not rewritten", "trace_id", t.tx.TraceID(), "field", f.Name, "err", err)
 			}
 		}
