@@ -763,62 +763,36 @@ func sanitizeName(s string) string {
 	return s
 }
 
-// applyTop turns the repaired message header into changes of tx.Header.
-// A changed field that is not the first of its name cannot be addressed
-// by Set: the fields of that name are then removed and added again in
-// order, which moves them to the end of the header (harmless for the
-// fields repaired here; trace fields are never repaired).
+// applyTop turns the repaired message header into changes of tx.Header,
+// field by field at its place (opes.Header.SetAt, DelAt); added fields
+// go to the end. Trace fields are never repaired.
 func applyTop(h *opes.Header, top *partHeader) error {
 	if top == nil {
 		return nil
 	}
-	rebuild := map[string]bool{}
-	nth := map[string]int{}
+	cur := map[string]int{} // occurrences of each name kept so far
 	for _, f := range top.fields {
-		if f.added {
-			continue
-		}
-		k := strings.ToLower(f.name)
-		nth[k]++
-		if (f.changed && nth[k] > 1) || f.deleted {
-			rebuild[k] = true
-		}
-	}
-	for k := range rebuild {
-		for _, f := range top.fields {
-			if strings.EqualFold(f.name, k) && !f.deleted && !f.changed && needsEncoding(strings.ReplaceAll(f.value, "\t", " ")) {
-				delete(rebuild, k) // an untouched value Add would refuse: leave the name alone
-				break
-			}
-		}
-	}
-	done := map[string]bool{}
-	for _, f := range top.fields {
-		if isTraceField(f.name) {
+		if f.added || isTraceField(f.name) {
 			continue
 		}
 		k := strings.ToLower(f.name)
 		switch {
-		case rebuild[k]:
-			if done[k] {
-				continue
+		case f.deleted:
+			if _, err := h.DelAt(f.name, cur[k]+1); err != nil {
+				return fmt.Errorf("delete %s: %w", f.name, err)
 			}
-			done[k] = true
-			h.Del(f.name)
-			for _, g := range top.fields {
-				if strings.EqualFold(g.name, k) && !g.deleted && !g.added {
-					if err := h.Add(g.name, g.value); err != nil {
-						return fmt.Errorf("re-add %s: %w", g.name, err)
-					}
-				}
+			continue
+		case f.changed:
+			if _, err := h.SetAt(f.name, cur[k]+1, f.value); err != nil {
+				return fmt.Errorf("set %s: %w", f.name, err)
 			}
-		case f.added:
+		}
+		cur[k]++
+	}
+	for _, f := range top.fields {
+		if f.added && !isTraceField(f.name) {
 			if err := h.Add(f.name, f.value); err != nil {
 				return fmt.Errorf("add %s: %w", f.name, err)
-			}
-		case f.changed && !f.deleted:
-			if err := h.Set(f.name, f.value); err != nil {
-				return fmt.Errorf("set %s: %w", f.name, err)
 			}
 		}
 	}
