@@ -102,7 +102,6 @@ func check(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-
 func plural(n int, word string) string {
 	if n == 1 {
 		return "1 " + word
