@@ -48,8 +48,9 @@
 //     RFC 5322 message. It is parsed again; a different body replaces the
 //     mail's body (bare LF line ends become CRLF), and header differences
 //     are applied to the mail's header, field name by field name: a name
-//     whose values are unchanged is left alone, a single field whose value
-//     changed is changed in place, fields added before or after the
+//     whose values are unchanged is left alone, changed values of a name
+//     whose field count did not change are changed in place, fields added
+//     before or after the
 //     existing ones of their name are appended to the header (the existing
 //     ones stay where they are), a name that disappeared is deleted, and any
 //     other change of a name replaces all its fields (they then come at

@@ -273,8 +273,9 @@ func normValue(v string) string {
 
 // headerOp is one change to the mail's header.
 type headerOp struct {
-	kind        byte // 's' set, 'a' add, 'd' delete
+	kind        byte // 's' set, 'n' set the index-th, 'a' add, 'd' delete
 	name, value string
+	index       int // for 'n', 1-based
 }
 
 // diffHeader expresses the returned header against the one sent as
@@ -344,6 +345,13 @@ func diffHeader(sent []opes.HeaderField, got []returnedField) []headerOp {
 			ops = append(ops, headerOp{kind: 'd', name: e.name})
 		case len(e.old) == 1 && len(e.new) == 1:
 			ops = append(ops, headerOp{kind: 's', name: e.name, value: e.new[0]})
+		case len(e.old) == len(e.new):
+			// Same count: change the occurrences that differ, in place.
+			for i := range e.new {
+				if norm[i] != e.old[i] {
+					ops = append(ops, headerOp{kind: 'n', name: e.name, value: e.new[i], index: i + 1})
+				}
+			}
 		default:
 			ops = append(ops, headerOp{kind: 'd', name: e.name})
 			for _, v := range e.new {
@@ -414,6 +422,8 @@ func applyMessage(tx *opes.Transaction, sent []opes.HeaderField, msg *opes.Body)
 			tx.Header.Del(op.name)
 		case 's':
 			err = tx.Header.Set(op.name, op.value)
+		case 'n':
+			_, err = tx.Header.SetAt(op.name, op.index, op.value)
 		case 'a':
 			err = tx.Header.Add(op.name, op.value)
 		}
