@@ -74,26 +74,16 @@ import (
 )
 
 type options struct {
-	Address         string                       `toml:"address"`
-	Timeout         string                       `toml:"timeout"`
-	MaxSize         int64                        `toml:"max_size"`
-	AddHeader       bool                         `toml:"add_header"`
-	SubjectPrefix   string                       `toml:"subject_prefix"`
-	Greylist        *bool                        `toml:"greylist"`
-	TagScore        float64                      `toml:"tag_score"`
-	QuarantineScore float64                      `toml:"quarantine_score"`
-	RejectScore     float64                      `toml:"reject_score"`
-	Recipient       []spamlevel.RecipientOptions `toml:"recipient"`
+	spamlevel.Options
+	Greylist *bool `toml:"greylist"`
 }
 
 // Defaults and bounds of the options.
 const (
-	DefaultTimeout       = 30 * time.Second
+	DefaultTimeout       = spamlevel.DefaultTimeout
 	DefaultMaxSize       = 20 << 20
 	DefaultSubjectPrefix = "***SPAM***" // rspamd's own default subject is "***SPAM*** %s"
 	maxMaxSize           = 50 << 20     // rspamd's default max_message: bigger is refused by rspamd
-	maxTimeout           = 10 * time.Minute
-	maxPrefix            = 100
 )
 
 // Header fields the service writes.
@@ -125,79 +115,42 @@ func New(decode func(v any) error) (opes.Service, error) {
 			return nil, fmt.Errorf("rspamd: decode options: %w", err)
 		}
 	}
-	s := &service{addHeader: o.AddHeader, timeout: DefaultTimeout, maxSize: DefaultMaxSize, greylist: true}
 	var err error
-	if s.network, s.addr, err = parseAddress(o.Address); err != nil {
+	if o.Address, err = httpHostPort(o.Address); err != nil {
 		return nil, &opes.FieldError{Field: "address", Err: err}
 	}
-	if o.Timeout != "" {
-		d, err := time.ParseDuration(o.Timeout)
-		if err != nil || d <= 0 || d > maxTimeout {
-			return nil, opes.FieldErrorf("timeout", "%q is not a duration between 0 and %s, e.g. \"30s\"", o.Timeout, maxTimeout)
-		}
-		s.timeout = d
+	e, err := o.Check(spamlevel.Limits{DefaultMaxSize: DefaultMaxSize, MaxMaxSize: maxMaxSize,
+		Example: `"127.0.0.1:11333" or "/run/rspamd/normal.sock"`})
+	if err != nil {
+		return nil, err
 	}
-	if o.MaxSize != 0 {
-		if o.MaxSize < 0 || o.MaxSize > maxMaxSize {
-			return nil, opes.FieldErrorf("max_size", "%d is not between 1 and %d octets (rspamd's default max_message)", o.MaxSize, maxMaxSize)
-		}
-		s.maxSize = o.MaxSize
-	}
-	if o.SubjectPrefix != "" {
-		p := strings.TrimSpace(o.SubjectPrefix)
-		if err := opes.CheckPrintable(p, maxPrefix); err != nil {
-			return nil, &opes.FieldError{Field: "subject_prefix", Err: err}
-		}
-		s.prefix = p
-	}
+	s := &service{network: e.Network, addr: e.Addr, timeout: e.Timeout, maxSize: e.MaxSize, addHeader: e.AddHeader,
+		prefix: e.Prefix, table: e.Table, greylist: true}
 	if o.Greylist != nil {
 		s.greylist = *o.Greylist
-	}
-	def := spamlevel.Set{Tag: o.TagScore, Quarantine: o.QuarantineScore, Reject: o.RejectScore}
-	if s.table, err = spamlevel.NewTable(def, o.Recipient); err != nil {
-		return nil, err
 	}
 	s.client, s.endpoint = newClient(s.network, s.addr)
 	return s, nil
 }
 
-// parseAddress accepts "host:port", "http://host:port",
-// "/path/to/rspamd.sock" and "unix:/path/to/rspamd.sock".
-func parseAddress(a string) (network, addr string, err error) {
-	a = strings.TrimSpace(a)
-	if a == "" {
-		return "", "", errors.New(`is required, e.g. "127.0.0.1:11333" or "/run/rspamd/normal.sock"`)
+// httpHostPort turns "http://host:port" into "host:port" (the normal
+// worker speaks plain HTTP); other forms are left to
+// spamlevel.ParseAddress.
+func httpHostPort(a string) (string, error) {
+	if !strings.Contains(a, "://") {
+		return a, nil
 	}
-	if p, ok := strings.CutPrefix(a, "unix:"); ok || strings.HasPrefix(a, "/") {
-		if !ok {
-			p = a
-		}
-		if !strings.HasPrefix(p, "/") {
-			return "", "", fmt.Errorf("unix socket %q is not an absolute path", p)
-		}
-		return "unix", p, nil
+	u, err := url.Parse(strings.TrimSpace(a))
+	if err != nil {
+		return "", fmt.Errorf("%q: %v", a, err)
 	}
-	if strings.Contains(a, "://") {
-		u, err := url.Parse(a)
-		if err != nil {
-			return "", "", fmt.Errorf("%q: %v", a, err)
-		}
-		if u.Scheme != "http" {
-			return "", "", fmt.Errorf("%q: scheme %q: the normal worker speaks plain http (use a unix socket or loopback)", a, u.Scheme)
-		}
-		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil || u.Port() == "" {
-			return "", "", fmt.Errorf("%q: want http://host:port and nothing else", a)
-		}
-		a = u.Host
+	if u.Scheme != "http" {
+		return "", fmt.Errorf("%q: scheme %q: the normal worker speaks plain http (use a unix socket or loopback)", a, u.Scheme)
 	}
-	host, port, err := net.SplitHostPort(a)
-	if err != nil || host == "" {
-		return "", "", fmt.Errorf("%q is not host:port, http://host:port or an absolute unix socket path", a)
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil || u.Port() == "" {
+		return "", fmt.Errorf("%q: want http://host:port and nothing else", a)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("%q: port %q is not 1..65535", a, port)
-	}
-	return "tcp", a, nil
+	return u.Host, nil
 }
 
 // newClient makes the HTTP client of one service: its own transport (no

@@ -66,26 +66,15 @@ import (
 )
 
 type options struct {
-	Address         string  `toml:"address"`
-	Timeout         string  `toml:"timeout"`
-	MaxSize         int64   `toml:"max_size"`
-	User            string  `toml:"user"`
-	AddHeader       bool    `toml:"add_header"`
-	SubjectPrefix   string  `toml:"subject_prefix"`
-	TagScore        float64 `toml:"tag_score"`
-	QuarantineScore float64 `toml:"quarantine_score"`
-	RejectScore     float64 `toml:"reject_score"`
-
-	Recipient []spamlevel.RecipientOptions `toml:"recipient"`
+	spamlevel.Options
+	User string `toml:"user"`
 }
 
 // Defaults and bounds of the options.
 const (
-	DefaultTimeout = 30 * time.Second
+	DefaultTimeout = spamlevel.DefaultTimeout
 	DefaultMaxSize = 500 << 10 // spamc's default: bigger mail is rarely spam and slow to scan
 	maxMaxSize     = 256 << 20 // spamc's hard limit
-	maxTimeout     = 10 * time.Minute
-	maxPrefix      = 100
 	maxUser        = 64
 )
 
@@ -115,71 +104,21 @@ func New(decode func(v any) error) (opes.Service, error) {
 			return nil, fmt.Errorf("spamd: decode options: %w", err)
 		}
 	}
-	s := &service{addHeader: o.AddHeader, timeout: DefaultTimeout, maxSize: DefaultMaxSize}
-	var err error
-	if s.network, s.addr, err = parseAddress(o.Address); err != nil {
-		return nil, &opes.FieldError{Field: "address", Err: err}
+	e, err := o.Check(spamlevel.Limits{DefaultMaxSize: DefaultMaxSize, MaxMaxSize: maxMaxSize, Example: `"127.0.0.1:783" or "/run/spamd.sock"`})
+	if err != nil {
+		return nil, err
 	}
-	if o.Timeout != "" {
-		d, err := time.ParseDuration(o.Timeout)
-		if err != nil || d <= 0 || d > maxTimeout {
-			return nil, opes.FieldErrorf("timeout", "%q is not a duration between 0 and %s, e.g. \"30s\"", o.Timeout, maxTimeout)
-		}
-		s.timeout = d
-	}
-	if o.MaxSize != 0 {
-		if o.MaxSize < 0 || o.MaxSize > maxMaxSize {
-			return nil, opes.FieldErrorf("max_size", "%d is not between 1 and %d octets", o.MaxSize, maxMaxSize)
-		}
-		s.maxSize = o.MaxSize
-	}
+	s := &service{network: e.Network, addr: e.Addr, timeout: e.Timeout, maxSize: e.MaxSize, addHeader: e.AddHeader, prefix: e.Prefix, table: e.Table}
 	if o.User != "" {
 		if err := checkUser(o.User); err != nil {
 			return nil, &opes.FieldError{Field: "user", Err: err}
 		}
 		s.user = o.User
 	}
-	if o.SubjectPrefix != "" {
-		p := strings.TrimSpace(o.SubjectPrefix)
-		if err := opes.CheckPrintable(p, maxPrefix); err != nil {
-			return nil, &opes.FieldError{Field: "subject_prefix", Err: err}
-		}
-		s.prefix = p
-	}
-	def := spamlevel.Set{Tag: o.TagScore, Quarantine: o.QuarantineScore, Reject: o.RejectScore}
-	if s.table, err = spamlevel.NewTable(def, o.Recipient); err != nil {
-		return nil, err
-	}
-	if !s.addHeader && s.prefix == "" && def.Quarantine == 0 && def.Reject == 0 && !s.table.PerRecipient() {
+	if !s.addHeader && s.prefix == "" && o.QuarantineScore == 0 && o.RejectScore == 0 && !s.table.PerRecipient() {
 		return nil, opes.FieldErrorf("add_header", "add_header, subject_prefix, quarantine_score, reject_score or a recipient entry is required: a spamd service without any changes nothing")
 	}
 	return s, nil
-}
-
-// parseAddress accepts "host:port", "/path/to/spamd.sock" and
-// "unix:/path/to/spamd.sock".
-func parseAddress(a string) (network, addr string, err error) {
-	a = strings.TrimSpace(a)
-	if a == "" {
-		return "", "", errors.New(`is required, e.g. "127.0.0.1:783" or "/run/spamd.sock"`)
-	}
-	if p, ok := strings.CutPrefix(a, "unix:"); ok || strings.HasPrefix(a, "/") {
-		if !ok {
-			p = a
-		}
-		if !strings.HasPrefix(p, "/") {
-			return "", "", fmt.Errorf("unix socket %q is not an absolute path", p)
-		}
-		return "unix", p, nil
-	}
-	host, port, err := net.SplitHostPort(a)
-	if err != nil || host == "" {
-		return "", "", fmt.Errorf("%q is not host:port or an absolute unix socket path", a)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("%q: port %q is not 1..65535", a, port)
-	}
-	return "tcp", a, nil
 }
 
 // checkUser keeps the name a single protocol token: it goes into the
