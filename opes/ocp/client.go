@@ -155,6 +155,26 @@ func (c *Client) shutdown(err error) {
 	}
 }
 
+// sendFailGrace bounds how long a failed write waits for the read loop
+// to deliver what the peer said before it closed.
+const sendFailGrace = 200 * time.Millisecond
+
+// sendFailed ends the connection after a write failed and returns the
+// reason it ended. A server that refuses something (an unknown service
+// group) sends CE and closes; our next write then fails, but the CE the
+// read loop is about to hand over, or already has, is the reason the
+// caller needs, not the broken pipe.
+func (c *Client) sendFailed(err error) error {
+	t := time.NewTimer(sendFailGrace)
+	select {
+	case <-c.done:
+	case <-t.C:
+	}
+	t.Stop()
+	c.shutdown(err)
+	return c.Err()
+}
+
 // fail ends the connection because the peer sent something invalid
 // (RFC 4037 §5: connection scope, result 400).
 func (c *Client) fail(err error) {
@@ -205,8 +225,7 @@ func (c *Client) negotiate(ctx context.Context, features List, sg *uint32) (*Mes
 		no.With("SG", UniAtom(*sg))
 	}
 	if err := c.w.send(no); err != nil {
-		c.shutdown(err)
-		return nil, err
+		return nil, c.sendFailed(err)
 	}
 	select {
 	case nr := <-ch:
@@ -263,8 +282,7 @@ func (c *Client) Ping(ctx context.Context) error {
 		c.mu.Unlock()
 	}()
 	if err := c.w.send(NewMessage(MsgPQ)); err != nil {
-		c.shutdown(err)
-		return err
+		return c.sendFailed(err)
 	}
 	select {
 	case <-ch:
@@ -336,8 +354,7 @@ func (c *Client) Begin(sg uint32) (*ClientTx, error) {
 	c.txs[t.Xid] = t
 	c.mu.Unlock()
 	if err := c.w.send(NewMessage(MsgTS, UniAtom(t.Xid), UniAtom(sg))); err != nil {
-		c.shutdown(err)
-		return nil, err
+		return nil, c.sendFailed(err)
 	}
 	return t, nil
 }
@@ -552,8 +569,7 @@ func (t *ClientTx) Send(m *Message) error {
 	default:
 	}
 	if err := t.c.w.send(m); err != nil {
-		t.c.shutdown(err)
-		return err
+		return t.c.sendFailed(err)
 	}
 	return nil
 }
