@@ -30,6 +30,7 @@ type guardListener struct {
 	net.Listener
 	log     *slog.Logger
 	metrics SessionMetrics
+	readers sync.Pool // *bufio.Reader of closed connections
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -44,9 +45,20 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	// Buffered: the MTA's macro and command packets usually arrive
 	// together, and one read syscall then serves both. They are small;
 	// body chunks are larger than the buffer and bypass it, so 1 KiB
-	// serves as well as more and is allocated for every connection.
-	return &guardConn{Conn: c, log: l.log, metrics: l.metrics, r: bufio.NewReaderSize(src, 1<<10)}, nil
+	// serves as well as more. The buffers are reused across connections:
+	// with one connection per message, a new one each time was a fifth of
+	// the bytes allocated per message.
+	r, _ := l.readers.Get().(*bufio.Reader)
+	if r == nil {
+		r = bufio.NewReaderSize(src, readBufSize)
+	} else {
+		r.Reset(src)
+	}
+	return &guardConn{Conn: c, log: l.log, metrics: l.metrics, r: r, pool: &l.readers}, nil
 }
+
+// readBufSize is the per-connection read buffer.
+const readBufSize = 1 << 10
 
 // ackReader re-arms TCP_QUICKACK before every read from the socket.
 type ackReader struct {
@@ -65,16 +77,24 @@ type guardConn struct {
 	net.Conn
 	log     *slog.Logger
 	metrics SessionMetrics
-	r       *bufio.Reader
+	pool    *sync.Pool
 
 	mu      sync.Mutex
-	pending []byte // validated bytes not yet handed to go-milter
+	r       *bufio.Reader // nil once closed
+	pending []byte        // validated bytes not yet handed to go-milter
 	hdr     [4]byte
+	rbuf    []byte // reused for packets up to maxReusedPacket
 
 	wmu  sync.Mutex
 	held []byte // a packet header waiting for its payload
+	hbuf []byte // reused storage for held
 	out  []byte // whole modification packets waiting for the final answer
 }
+
+// maxReusedPacket bounds the packet buffers a connection keeps between
+// packets: a connection that once saw a 1 MiB body chunk should not pin
+// it, small packets (commands, macros, headers) are the common case.
+const maxReusedPacket = 4 << 10
 
 // Write joins go-milter's two writes per packet (5-byte length+code, then
 // the payload) into one, and holds modification actions (header, envelope
@@ -86,13 +106,20 @@ func (c *guardConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.held == nil && len(p) == 5 && binary.BigEndian.Uint32(p) > 1 {
-		c.held = append(make([]byte, 0, 5+min(int(binary.BigEndian.Uint32(p)), maxPacket)), p...)
+		if need := 5 + min(int(binary.BigEndian.Uint32(p)), maxPacket); need > cap(c.hbuf) {
+			c.hbuf = make([]byte, 0, need)
+		}
+		c.held = append(c.hbuf[:0], p...)
 		return len(p), nil
 	}
 	if c.held != nil {
 		pkt := append(c.held, p...)
 		c.held = nil
-		if err := c.emit(pkt); err != nil {
+		err := c.emit(pkt)
+		if cap(c.hbuf) > maxReusedPacket {
+			c.hbuf = nil
+		}
+		if err != nil {
 			return 0, err
 		}
 		return len(p), nil
@@ -119,7 +146,11 @@ func (c *guardConn) emit(pkt []byte) error {
 		buf = append(c.out, pkt...)
 	}
 	_, err := c.Conn.Write(buf)
-	c.out = c.out[:0]
+	if len(c.out) > 0 && cap(buf) <= 2*maxHeldWrites {
+		c.out = buf[:0] // keep the grown array for the next message
+	} else {
+		c.out = c.out[:0]
+	}
 	return err
 }
 
@@ -134,10 +165,28 @@ func isModification(code byte) bool {
 	return false
 }
 
+// Close closes the connection and returns its read buffer for reuse. The
+// socket is closed first, so that a Read blocked in another goroutine
+// returns and releases the buffer before it is handed on.
+func (c *guardConn) Close() error {
+	err := c.Conn.Close()
+	c.mu.Lock()
+	if c.r != nil && c.pool != nil {
+		c.r.Reset(nil)
+		c.pool.Put(c.r)
+	}
+	c.r = nil
+	c.mu.Unlock()
+	return err
+}
+
 // Read returns bytes of whole, validated packets only.
 func (c *guardConn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.r == nil {
+		return 0, net.ErrClosed
+	}
 	if len(c.pending) == 0 {
 		if err := c.next(); err != nil {
 			return 0, err
@@ -161,7 +210,18 @@ func (c *guardConn) next() error {
 	if n == 0 || n > maxPacket {
 		return c.reject(fmt.Sprintf("packet length %d", n))
 	}
-	buf := make([]byte, 4+int(n))
+	// One buffer per connection, reused while packets stay small: go-milter
+	// copies what Read returns before it asks for more, and a buffer per
+	// packet was a measurable share of the per-message allocations.
+	var buf []byte
+	if need := 4 + int(n); need <= cap(c.rbuf) {
+		buf = c.rbuf[:need]
+	} else {
+		buf = make([]byte, need)
+		if need <= maxReusedPacket {
+			c.rbuf = buf
+		}
+	}
 	copy(buf, c.hdr[:])
 	if err := c.readFull(buf[4:]); err != nil {
 		return err

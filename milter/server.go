@@ -82,9 +82,17 @@ func NewServer(proc *opes.Processor, o Options) *Server {
 		gomilter.WithMacroRequest(gomilter.StageData, []string{gomilter.MacroQueueId}),
 		gomilter.WithMacroRequest(gomilter.StageEOH, []string{gomilter.MacroQueueId}),
 		gomilter.WithMacroRequest(gomilter.StageEOM, []string{gomilter.MacroQueueId}),
+		// Postfix opens a milter connection per SMTP session: a goroutine
+		// kept from the last session serves the next one with the stack it
+		// already grew (third_party/go-milter/PATCHES.md, patch 6).
+		gomilter.WithReusedGoroutines(sessionGoroutineIdle),
 	)
 	return s
 }
+
+// sessionGoroutineIdle is how long a finished session's goroutine waits
+// for the next connection; idle ones cost a few KiB of stack each.
+const sessionGoroutineIdle = 10 * time.Second
 
 // SetProcessor switches new connections to proc.
 func (s *Server) SetProcessor(proc *opes.Processor) { s.proc.Store(proc) }

@@ -25,10 +25,17 @@ type Body struct {
 
 // NewBody returns an empty body.
 func NewBody(opts BodyOptions) *Body {
+	b := &Body{}
+	b.init(opts)
+	return b
+}
+
+// init prepares a zero Body, for callers that embed one.
+func (b *Body) init(opts BodyOptions) {
 	if opts.MaxMemory <= 0 {
 		opts.MaxMemory = 256 << 10
 	}
-	return &Body{opts: opts}
+	b.opts = opts
 }
 
 // Write appends p.

@@ -149,7 +149,14 @@ func (p *Processor) Needs() Needs {
 
 // NewSession starts the processing of one SMTP connection.
 func (p *Processor) NewSession() *Session {
-	return &Session{p: p, conn: &Connection{}}
+	// One allocation for the session and its connection state: with one
+	// milter connection per message, these are per-message costs.
+	a := &struct {
+		s Session
+		c Connection
+	}{}
+	a.s = Session{p: p, conn: &a.c}
+	return &a.s
 }
 
 // Outcome is what the processor answers at a stage.
@@ -183,6 +190,14 @@ type Session struct {
 	run  *txRun
 }
 
+// txAlloc holds what Transaction allocates per transaction.
+type txAlloc struct {
+	tx     Transaction
+	header Header
+	body   Body
+	run    txRun
+}
+
 // txRun is the per-transaction pipeline state.
 type txRun struct {
 	active   []*activeService
@@ -201,6 +216,7 @@ type txRun struct {
 	bodySize          int64
 	bodySeen          bool
 	outcome           *OutcomeInfo // how it ended, for the report
+	outcomeVal        OutcomeInfo  // storage for outcome at the end of message
 	bypass            bypassRun
 }
 
@@ -251,12 +267,14 @@ func (s *Session) Conn() *Connection { return s.conn }
 // Transaction returns the current transaction, starting one if needed.
 func (s *Session) Transaction() *Transaction {
 	if s.tx == nil {
-		s.tx = &Transaction{
-			Conn:   s.conn,
-			Header: NewHeader(),
-			Body:   NewBody(s.p.policy.Limits.Body),
-		}
-		s.run = &txRun{start: time.Now()}
+		// One allocation for the transaction, its header, body and run
+		// state (they live and die together); the per-message allocations
+		// are the processor's main cost on a trace-only policy.
+		a := &txAlloc{}
+		a.body.init(s.p.policy.Limits.Body)
+		a.tx = Transaction{Conn: s.conn, Header: &a.header, Body: &a.body}
+		a.run = txRun{start: time.Now()}
+		s.tx, s.run = &a.tx, &a.run
 	}
 	return s.tx
 }
@@ -378,7 +396,8 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 		tx.signedContent() // judged on the header as received, before any service
 	}
 	// The system entry exists before the first service runs (PROFILE §2).
-	sysValue := s.systemEntry().String()
+	sys := s.systemEntry()
+	sysValue := sys.String()
 	tx.Header.fields = append([]HeaderField{{Name: FieldSystem, Value: sysValue, orig: origOwn}}, tx.Header.fields...)
 
 	o := s.stage(ctx, StageEOM, nil)
@@ -398,17 +417,22 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 			return alt
 		}
 	}
-	sys := s.systemEntry()
+	viaSys := sys
 	if pol := s.p.policy; (len(pol.Services) > 0 || len(pol.Rules) > 0) && !s.consented(StageEOM) {
 		// Nothing ran because no party consented: say so (PROFILE §6).
-		sys.Params = append(sys.Params, TraceParam{Name: "consent", Value: "none"})
+		viaSys.Params = append(viaSys.Params[:len(viaSys.Params):len(viaSys.Params)], TraceParam{Name: "consent", Value: "none"})
 	}
-	via := append([]TraceEntry{sys}, s.viaEntries(nil)...)
+	via := append([]TraceEntry{viaSys}, s.viaEntries(nil)...)
+	if len(FieldSystem)+2+len(sysValue) > maxLine {
+		sysValue = FoldTraceList(FieldSystem, []TraceEntry{sys})
+	}
+	changes := tx.Header.diff()
+	o.HeaderChanges = make([]HeaderChange, 0, 2+len(changes))
 	o.HeaderChanges = append(o.HeaderChanges,
 		HeaderChange{Kind: InsertField, Name: FieldVia, Value: FoldTraceList(FieldVia, via), Index: 0},
-		HeaderChange{Kind: InsertField, Name: FieldSystem, Value: FoldTraceList(FieldSystem, []TraceEntry{s.systemEntry()}), Index: 0},
+		HeaderChange{Kind: InsertField, Name: FieldSystem, Value: sysValue, Index: 0},
 	)
-	o.HeaderChanges = append(o.HeaderChanges, tx.Header.diff()...)
+	o.HeaderChanges = append(o.HeaderChanges, changes...)
 	if tx.newBody != nil {
 		o.Body = tx.newBody.Reader()
 	}
@@ -417,23 +441,40 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	o.DelRcpts = tx.envelope.deleted
 	if o.Quarantine != "" {
 		s.p.metrics.Outcome(StageEOM, Quarantine)
-		s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Quarantine.String(), Quarantine: o.Quarantine}
+		s.run.outcomeVal = OutcomeInfo{Stage: StageEOM.String(), Verdict: Quarantine.String(), Quarantine: o.Quarantine}
 	} else {
 		s.p.metrics.Outcome(StageEOM, Accept)
-		s.run.outcome = &OutcomeInfo{Stage: StageEOM.String(), Verdict: Accept.String()}
+		s.run.outcomeVal = OutcomeInfo{Stage: StageEOM.String(), Verdict: Accept.String()}
 	}
-	// A message no service touched gets its trace and a debug line: the
-	// MTA logs the delivery, and a line per message costs measurable
-	// throughput (docs/performance.md). Anything that acted is logged.
+	s.run.outcome = &s.run.outcomeVal
+	s.logDelivered(ctx, o)
+	return o
+}
+
+// logServiceFailed is out of line for the same reason as logDelivered.
+//
+//go:noinline
+func (s *Session) logServiceFailed(a *activeService, st Stage, err error) {
+	s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)
+}
+
+// logDelivered logs a delivered message. A message no service touched
+// gets a debug line only: the MTA logs the delivery, and a line per
+// message costs measurable throughput (docs/performance.md); anything
+// that acted is logged at info. Kept out of EndOfMessage so that its
+// argument list does not enlarge that frame on every message (a deeper
+// stack costs a stack copy per milter connection).
+//
+//go:noinline
+func (s *Session) logDelivered(ctx context.Context, o *Outcome) {
 	level := slog.LevelInfo
 	if len(s.run.records) == 0 && o.Quarantine == "" {
 		level = slog.LevelDebug
 	}
 	if s.p.log.Enabled(ctx, level) {
-		s.p.log.Log(ctx, level, "opes: delivered", "trace_id", id, "queue_id", SanitizeText(tx.QueueID, 64),
+		s.p.log.Log(ctx, level, "opes: delivered", "trace_id", o.TraceID, "queue_id", SanitizeText(s.tx.QueueID, 64),
 			"services", len(s.run.records), "quarantine", o.Quarantine != "", "header_changes", len(o.HeaderChanges))
 	}
-	return o
 }
 
 // Finish ends the transaction after the end of message was answered.
@@ -639,7 +680,7 @@ func (s *Session) stage(ctx context.Context, st Stage, rcpt *Recipient) *Outcome
 			s.addExtra(a.rec, tr.TraceEntries(), "service "+a.spec.Name)
 		}
 		if err != nil {
-			s.p.log.Warn("opes: service failed", "trace_id", s.traceID(), "service", a.spec.Name, "stage", st.String(), "err", err)
+			s.logServiceFailed(a, st, err)
 			a.rec.status = errStatus(err)
 			switch a.spec.onError() {
 			case OnErrorContinue:

@@ -55,8 +55,19 @@ func (e TraceEntry) pieces() []string {
 
 func (e TraceEntry) String() string {
 	var b strings.Builder
+	b.Grow(e.size())
 	e.writeTo(&b)
 	return b.String()
+}
+
+// size is the rendered length of the entry when no value needs quoting,
+// so that one allocation usually holds it.
+func (e TraceEntry) size() int {
+	n := len(e.URI)
+	for _, p := range e.Params {
+		n += 3 + len(p.Name) + len(p.Value)
+	}
+	return n
 }
 
 // writeTo appends the entry as String renders it, without intermediate
@@ -74,6 +85,11 @@ func (e TraceEntry) writeTo(b *strings.Builder) {
 // FormatTraceList renders entries as one unfolded list value.
 func FormatTraceList(entries []TraceEntry) string {
 	var b strings.Builder
+	n := 0
+	for _, e := range entries {
+		n += 2 + e.size()
+	}
+	b.Grow(n)
 	for i, e := range entries {
 		if i > 0 {
 			b.WriteString(", ")

@@ -7,6 +7,7 @@ package metrics
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,8 +19,12 @@ import (
 
 // Metrics implements opes.Metrics and the milter bridge's hooks.
 type Metrics struct {
-	reg        *prometheus.Registry
-	outcomes   *prometheus.CounterVec
+	reg      *prometheus.Registry
+	outcomes *prometheus.CounterVec
+	// outcomeCtr caches the counters of outcomes by stage and verdict:
+	// every message counts one, and the label lookup of WithLabelValues
+	// (hash, lock) was a measurable part of a trace-only message.
+	outcomeCtr [outcomeSlots]atomic.Pointer[counter]
 	svcLatency *prometheus.HistogramVec
 	svcErrors  *prometheus.CounterVec
 	bypass     *prometheus.CounterVec
@@ -88,8 +93,27 @@ func (m *Metrics) Handler() http.Handler {
 
 // Outcome implements opes.Metrics.
 func (m *Metrics) Outcome(st opes.Stage, v opes.VerdictKind) {
-	m.outcomes.WithLabelValues(st.String(), v.String()).Inc()
+	i := int(st)*verdictSlots + int(v)
+	if int(v) >= verdictSlots || i >= outcomeSlots {
+		m.outcomes.WithLabelValues(st.String(), v.String()).Inc()
+		return
+	}
+	c := m.outcomeCtr[i].Load()
+	if c == nil {
+		c = &counter{m.outcomes.WithLabelValues(st.String(), v.String())}
+		m.outcomeCtr[i].Store(c) // a racing store holds the same counter
+	}
+	c.Inc()
 }
+
+// counter boxes a prometheus.Counter for atomic.Pointer.
+type counter struct{ prometheus.Counter }
+
+// Room in the outcome cache: stages times verdict kinds, with spare.
+const (
+	verdictSlots = 8
+	outcomeSlots = 8 * verdictSlots
+)
 
 // ServiceCall implements opes.Metrics.
 func (m *Metrics) ServiceCall(service string, st opes.Stage, took time.Duration, status string) {

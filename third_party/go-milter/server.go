@@ -258,6 +258,11 @@ type Server struct {
 	mu             sync.Mutex
 	inShutdown     atomic.Bool
 	milterCount    atomic.Uint64
+	// opes-milter patch 6: idle hands accepted connections to waiting
+	// session goroutines; quit, closed on Close and Shutdown, ends them.
+	idle     chan net.Conn
+	quit     chan struct{}
+	quitOnce sync.Once
 }
 
 // NewServer creates a new milter server.
@@ -299,7 +304,12 @@ func NewServer(opts ...Option) *Server {
 		options.actions = options.actions | OptSetMacros
 	}
 
-	return &Server{options: options}
+	return &Server{options: options, idle: make(chan net.Conn), quit: make(chan struct{})}
+}
+
+// stopWorkers ends idle session goroutines (opes-milter patch 6).
+func (s *Server) stopWorkers() {
+	s.quitOnce.Do(func() { close(s.quit) })
 }
 
 // onceCloseListener wraps a net.Listener, protecting it from multiple Close calls.
@@ -335,16 +345,49 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		go func(conn net.Conn) {
-			session := serverSession{}
-			if !s.trackSession(&session, true) {
-				_ = conn.Close()
-				return
+		if s.options.reuseGoroutines > 0 {
+			// opes-milter patch 6: an idle session goroutine takes the
+			// connection if one is waiting, else a new one starts.
+			select {
+			case s.idle <- conn:
+				continue
+			default:
 			}
-			session.init(s, conn, s.options.maxVersion, s.options.actions, s.options.protocol)
-			session.HandleMilterCommands()
-			s.trackSession(&session, false)
-		}(conn)
+			go s.reusableWorker(conn)
+			continue
+		}
+		go s.serveConn(conn)
+	}
+}
+
+// serveConn runs one milter session on conn.
+func (s *Server) serveConn(conn net.Conn) {
+	session := serverSession{}
+	if !s.trackSession(&session, true) {
+		_ = conn.Close()
+		return
+	}
+	session.init(s, conn, s.options.maxVersion, s.options.actions, s.options.protocol)
+	session.HandleMilterCommands()
+	s.trackSession(&session, false)
+}
+
+// reusableWorker serves conn and then waits, up to the configured idle
+// time, for Serve to hand it the next connection (opes-milter patch 6).
+// It ends when the server shuts down.
+func (s *Server) reusableWorker(conn net.Conn) {
+	idle := time.NewTimer(s.options.reuseGoroutines)
+	defer idle.Stop()
+	for {
+		s.serveConn(conn)
+		idle.Reset(s.options.reuseGoroutines)
+		select {
+		case conn = <-s.idle:
+		case <-idle.C:
+			return
+		case <-s.quit:
+			return
+		}
 	}
 }
 
@@ -381,6 +424,7 @@ func (s *Server) closeActiveSessionsLocked() {
 // Close closes the server and all its listeners.
 func (s *Server) Close() error {
 	s.inShutdown.Store(true)
+	s.stopWorkers()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err := s.closeListenersLocked()
@@ -400,6 +444,7 @@ const shutdownPollIntervalMax = 500 * time.Millisecond
 // Shutdown stops the server gracefully.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.inShutdown.Store(true)
+	s.stopWorkers()
 	s.mu.Lock()
 	lnerr := s.closeListenersLocked()
 	s.mu.Unlock()

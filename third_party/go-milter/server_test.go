@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -346,5 +348,53 @@ func TestServer_MilterCount(t *testing.T) {
 	s.milterCount.Store(1)
 	if got := s.MilterCount(); got != 1 {
 		t.Errorf("MilterCount() = %d, want %d", got, 1)
+	}
+}
+
+// opes-milter patch 6: with WithReusedGoroutines, sequential connections
+// are served by the goroutine of the previous session (the goroutine count
+// does not grow with the connections), every session still works, and
+// Close ends the idle goroutines.
+func TestServer_ReusedGoroutines(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served atomic.Int32
+	srv := NewServer(WithMilter(func() Milter { served.Add(1); return NoOpMilter{} }), WithReusedGoroutines(time.Minute))
+	go func() { _ = srv.Serve(ln) }()
+	client := NewClient("tcp", ln.Addr().String())
+	session := func() {
+		t.Helper()
+		s, err := client.Session(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if act, err := s.Conn("localhost", FamilyInet, 2525, "127.0.0.1"); err != nil || act.Type != ActionContinue {
+			t.Fatalf("connect: %v %v", act, err)
+		}
+		_ = s.Close()
+	}
+	session()
+	time.Sleep(50 * time.Millisecond) // the first session's goroutine is idle now
+	base := runtime.NumGoroutine()
+	for i := 0; i < 50; i++ {
+		session()
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := runtime.NumGoroutine(); n > base+2 {
+		t.Errorf("goroutines grew from %d to %d over 50 sequential sessions", base, n)
+	}
+	if got := served.Load(); got != 51 {
+		t.Errorf("served %d sessions, want 51", got)
+	}
+	_ = srv.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() >= base && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n >= base {
+		t.Errorf("idle session goroutines not ended by Close: %d goroutines, %d before", n, base)
 	}
 }
