@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
 
 // maxPacket bounds one milter packet. The MTAs negotiate 64 KiB body
@@ -86,7 +87,13 @@ type guardConn struct {
 	rbuf    []byte // reused for packets up to maxReusedPacket
 
 	wmu  sync.Mutex
-	held []byte // a packet header waiting for its payload
+	// wdl is the write deadline go-milter asked for; wdlSet the one the
+	// socket has. go-milter sets a deadline before and clears it after
+	// every packet, including the modification packets held here that
+	// never touch the socket: each is a timer update in the runtime, so
+	// the socket gets the deadline asked for only when a write happens.
+	wdl, wdlSet time.Time
+	held        []byte // a packet header waiting for its payload
 	hbuf []byte // reused storage for held
 	out  []byte // whole modification packets waiting for the final answer
 }
@@ -130,6 +137,22 @@ func (c *guardConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// SetWriteDeadline records the deadline for the next write to the
+// socket (see wdl).
+func (c *guardConn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	c.wdl = t
+	c.wmu.Unlock()
+	return nil
+}
+
+// SetDeadline sets the read deadline now and the write deadline for the
+// next write.
+func (c *guardConn) SetDeadline(t time.Time) error {
+	_ = c.SetWriteDeadline(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
 // maxHeldWrites bounds the modification actions held for one write; a
 // replaced body is sent in chunks past it.
 const maxHeldWrites = 64 << 10
@@ -144,6 +167,12 @@ func (c *guardConn) emit(pkt []byte) error {
 	buf := pkt
 	if len(c.out) > 0 {
 		buf = append(c.out, pkt...)
+	}
+	if !c.wdl.Equal(c.wdlSet) {
+		if err := c.Conn.SetWriteDeadline(c.wdl); err != nil {
+			return err
+		}
+		c.wdlSet = c.wdl
 	}
 	_, err := c.Conn.Write(buf)
 	if len(c.out) > 0 && cap(buf) <= 2*maxHeldWrites {

@@ -135,3 +135,49 @@ func TestReadBufferReusedAfterClose(t *testing.T) {
 		t.Fatalf("read %q, %v; want %q", got, err, pkt)
 	}
 }
+
+// deadlineCounter counts the deadlines set on the socket.
+type deadlineCounter struct {
+	net.Conn
+	set []time.Time
+}
+
+func (d *deadlineCounter) SetWriteDeadline(t time.Time) error {
+	d.set = append(d.set, t)
+	return d.Conn.SetWriteDeadline(t)
+}
+
+// go-milter sets and clears a write deadline around every packet; the
+// socket gets one only before a write that reaches it, and a write that
+// blocks past it still fails.
+func TestWriteDeadlineOnlyForRealWrites(t *testing.T) {
+	a, b := net.Pipe() // b is never read: writes block
+	defer a.Close()
+	defer b.Close()
+	dc := &deadlineCounter{Conn: a}
+	c := &guardConn{Conn: dc}
+	for _, code := range []byte{'i', 'i'} { // held modification packets
+		_ = c.SetWriteDeadline(time.Now().Add(time.Hour))
+		packet(t, c, code, "\x00\x00\x00\x00X\x00y\x00")
+		_ = c.SetWriteDeadline(time.Time{})
+	}
+	if len(dc.set) != 0 {
+		t.Fatalf("held packets set %d deadlines on the socket", len(dc.set))
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	hdr := []byte{0, 0, 0, 1, 'a'} // accept: the final answer goes out
+	start := time.Now()
+	_, err := c.Write(hdr)
+	if err == nil {
+		t.Fatal("write to a peer that never reads succeeded")
+	}
+	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("err = %v, want a timeout", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("the deadline did not apply")
+	}
+	if len(dc.set) != 1 {
+		t.Fatalf("%d deadlines set on the socket, want 1", len(dc.set))
+	}
+}
