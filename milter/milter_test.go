@@ -327,3 +327,74 @@ func TestGarbageDoesNotKillTheDaemon(t *testing.T) {
 		t.Fatalf("normal session after garbage: %v %+v", err, act)
 	}
 }
+
+// optneg sends the MTA's option negotiation the way Postfix does (version
+// 6, every action, every protocol option) and returns the protocol mask
+// and the macro lists the milter asked for, by stage.
+func optneg(t *testing.T, addr string) (uint32, map[uint32]string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	pkt := []byte{0, 0, 0, 13, 'O', 0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0x1f, 0xff, 0xff}
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(hdr[0])<<24 | int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+	data := make([]byte, n-1)
+	if _, err := io.ReadFull(c, data); err != nil || hdr[4] != 'O' || len(data) < 12 {
+		t.Fatalf("negotiation reply %q %q: %v", hdr, data, err)
+	}
+	be := func(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+	protocol := be(data[8:12])
+	lists := map[uint32]string{}
+	for rest := data[12:]; len(rest) > 0; {
+		if len(rest) < 5 {
+			t.Fatalf("truncated macro list %q", rest)
+		}
+		stage := be(rest[:4])
+		end := strings.IndexByte(string(rest[4:]), 0)
+		if end < 0 {
+			t.Fatalf("macro list without NUL %q", rest)
+		}
+		lists[stage] = string(rest[4 : 4+end])
+		rest = rest[4+end+1:]
+	}
+	return protocol, lists
+}
+
+// The milter asks for the macros of the stages it receives and of the end
+// of message, nothing else: Postfix sends a stage's macros even when the
+// stage is negotiated away, a packet per stage and message for nothing.
+func TestMacroRequestsFollowTheStagesNeeded(t *testing.T) {
+	skipFlag := map[uint32]uint32{ // go-milter macro stage -> SMFIP_NO* flag
+		0: uint32(gomilter.OptNoConnect), 1: uint32(gomilter.OptNoHelo), 2: uint32(gomilter.OptNoMailFrom),
+		3: uint32(gomilter.OptNoRcptTo), 4: uint32(gomilter.OptNoData), 6: uint32(gomilter.OptNoEOH),
+	}
+	for name, p := range map[string]*opes.Policy{
+		"trace only": {System: opes.System{URI: sysURI}},
+		"refuser":    fullPolicy(refuser{}),
+	} {
+		_, addr := startServer(t, p)
+		protocol, lists := optneg(t, addr)
+		if lists[5] != "i" {
+			t.Errorf("%s: end-of-message macros %q, want the queue id", name, lists[5])
+		}
+		for stage, flag := range skipFlag {
+			_, asked := lists[stage]
+			if skipped := protocol&flag != 0; skipped == asked {
+				t.Errorf("%s: stage %d skipped=%v but macros asked for=%v (%q)", name, stage, skipped, asked, lists[stage])
+			}
+		}
+		if name == "trace only" && len(lists) != 1 {
+			t.Errorf("trace-only policy asked for macros of %d stages: %v", len(lists), lists)
+		}
+	}
+}

@@ -46,6 +46,7 @@ func main() {
 
 type flags struct {
 	config, listen, logLevel, logFormat, socketMode, cpuProfile string
+	memProfile                                                  string
 	adminListen                                                 optionalString
 }
 
@@ -70,8 +71,12 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&f.socketMode, "socket-mode", "", "permissions of a unix socket, overriding [milter] socket_mode (default 0660)")
 	fs.Var(&f.adminListen, "admin-listen", "admin HTTP listener host:port, overriding [admin] listen; \"\" = off")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit (for performance reports)")
+	fs.StringVar(&f.memProfile, "memprofile", "", "write an allocation profile to this file at exit (for performance reports)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if f.memProfile != "" {
+		defer writeMemProfile(f.memProfile, stderr)
 	}
 	if f.cpuProfile != "" {
 		stop, err := startCPUProfile(f.cpuProfile)
@@ -459,6 +464,20 @@ func startCPUProfile(path string) (func(), error) {
 		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
 	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+}
+
+// writeMemProfile writes the allocations since start (pprof "allocs").
+func writeMemProfile(path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "opes-milter: memory profile:", err)
+	}
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

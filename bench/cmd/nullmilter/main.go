@@ -2,13 +2,17 @@
 // that does no filtering and adds one header field (X-Bench: 1) at the
 // end of the message, the least work any filter that marks mail does.
 //
-//	nullmilter [-unix PATH] [-tcp HOST:PORT] [-every] [-cpuprofile FILE]
+//	nullmilter [-unix PATH] [-tcp HOST:PORT] [-every] [-min-macros] [-cpuprofile FILE] [-memprofile FILE]
 //
 // By default it negotiates away every stage but the end of message (no
 // connect, HELO, MAIL, RCPT, DATA, header, end-of-header, body or unknown
 // callbacks), which is what a filter whose policy needs nothing else can
-// do. With -every it asks for every stage and answers each, like a filter
-// that does not know what it will need.
+// do. It asks for no macros, so the MTA sends its default lists — for
+// skipped stages too, as Postfix does. With -min-macros it also asks for
+// only the queue id at the end of the message, which turns the MTA's
+// other macro packets off: the true floor for a filter that needs the
+// queue id and nothing else. With -every it asks for every stage and
+// answers each, like a filter that does not know what it will need.
 package main
 
 import (
@@ -52,8 +56,22 @@ func main() {
 	unixPath := flag.String("unix", "", "listen on this unix socket")
 	tcpAddr := flag.String("tcp", "", "listen on this TCP address (host:port)")
 	every := flag.Bool("every", false, "ask for every stage instead of the end of message only")
+	minMacros := flag.Bool("min-macros", false, "ask the MTA for the queue id at the end of the message and no other macro")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile to this file until exit")
+	memProfile := flag.String("memprofile", "", "write an allocation profile to this file at exit")
 	flag.Parse()
+	if *memProfile != "" {
+		defer func() {
+			f, err := os.Create(*memProfile)
+			if err == nil {
+				err = pprof.Lookup("allocs").WriteTo(f, 0)
+				_ = f.Close()
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "nullmilter:", err)
+			}
+		}()
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -80,6 +98,9 @@ func main() {
 		opts = append(opts, gomilter.WithMilter(func() gomilter.Milter { return headerOnly{} }),
 			gomilter.WithProtocol(gomilter.OptNoConnect|gomilter.OptNoHelo|gomilter.OptNoMailFrom|gomilter.OptNoRcptTo|
 				gomilter.OptNoData|gomilter.OptNoHeaders|gomilter.OptNoEOH|gomilter.OptNoBody|gomilter.OptNoUnknown))
+	}
+	if *minMacros {
+		opts = append(opts, gomilter.WithMacroRequest(gomilter.StageEOM, []gomilter.MacroName{gomilter.MacroQueueId}))
 	}
 	srv := gomilter.NewServer(opts...)
 	var lns []net.Listener
