@@ -86,7 +86,7 @@ type guardConn struct {
 	hdr     [4]byte
 	rbuf    []byte // reused for packets up to maxReusedPacket
 
-	wmu  sync.Mutex
+	wmu sync.Mutex
 	// wdl is the write deadline go-milter asked for; wdlSet the one the
 	// socket has. go-milter sets a deadline before and clears it after
 	// every packet, including the modification packets held here that
@@ -94,8 +94,8 @@ type guardConn struct {
 	// the socket gets the deadline asked for only when a write happens.
 	wdl, wdlSet time.Time
 	held        []byte // a packet header waiting for its payload
-	hbuf []byte // reused storage for held
-	out  []byte // whole modification packets waiting for the final answer
+	hbuf        []byte // reused storage for held
+	out         []byte // whole modification packets waiting for the final answer
 }
 
 // maxReusedPacket bounds the packet buffers a connection keeps between
