@@ -174,13 +174,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	return res, nil
 }
 
-// postfixMacros are the macros Postfix 3.7 sends for each stage to a
-// milter that asks for no list of its own (postconf -d milter_*_macros).
-// Postfix sends a stage's macros even when the milter negotiated the stage
-// away (milter8.c: "Send the macros for this event, even when we're not
-// reporting the event itself"); a milter that asks for lists gets only
-// those. go-milter's client does the same with these defaults, so every
-// peer pays for the macro packets it would get from Postfix.
+// postfixMacros are the macros Postfix 3.7 sends for each stage
+// (postconf -d milter_*_macros) unless the milter asked for a list of its
+// own for that stage (milter.c, MILTER_MACRO_EVAL). Postfix sends a
+// stage's macros even when the milter negotiated the stage away
+// (milter8.c: "Send the macros for this event, even when we're not
+// reporting the event itself"). go-milter's client (with patch 7) does
+// the same with these defaults, so every peer reads the macro packets it
+// would read behind Postfix.
 var postfixMacros = map[gomilter.MacroStage][]gomilter.MacroName{
 	gomilter.StageConnect: {"j", gomilter.MacroDaemonName, gomilter.MacroDaemonAddr, "v", "_"},
 	gomilter.StageHelo:    {gomilter.MacroTlsVersion, gomilter.MacroCipher, gomilter.MacroCipherBits, gomilter.MacroCertSubject, gomilter.MacroCertIssuer},

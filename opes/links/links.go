@@ -30,6 +30,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -73,6 +74,42 @@ type Service struct {
 	ttl     time.Duration
 	now     func() time.Time
 	log     *slog.Logger
+
+	// lastPrune is when expired files were last removed (unix seconds);
+	// pruning marks a prune in progress.
+	lastPrune atomic.Int64
+	pruning   atomic.Bool
+	pruned    chan struct{} // tests: receives after each background prune
+}
+
+// pruneEvery is how often the store is cleared of files no valid link
+// points to; pruneMargin is how long past a link's expiry its file stays.
+const (
+	pruneEvery  = time.Hour
+	pruneMargin = time.Hour
+)
+
+// maybePrune starts a background prune when the last one is pruneEvery
+// ago. It runs from the mail path, so it never waits for the prune.
+func (s *Service) maybePrune() {
+	now := s.now()
+	if now.Unix()-s.lastPrune.Load() < int64(pruneEvery/time.Second) || !s.pruning.CompareAndSwap(false, true) {
+		return
+	}
+	s.lastPrune.Store(now.Unix())
+	go func() {
+		defer s.pruning.Store(false)
+		files, freed, err := s.store.Prune(now.Add(-s.ttl - pruneMargin))
+		if err != nil {
+			s.log.Warn("links: removing expired attachments", "err", err)
+		}
+		if files > 0 {
+			s.log.Info("links: expired attachments removed", "files", files, "bytes", freed)
+		}
+		if s.pruned != nil {
+			s.pruned <- struct{}{}
+		}
+	}()
 }
 
 // New builds the service from its options. decode fills a struct from
@@ -174,6 +211,7 @@ type txState struct {
 }
 
 func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
+	t.s.maybePrune()
 	body := t.tx.CurrentBody() // as services before this one left it
 	if body == nil || body.Size() < t.s.minSize {
 		// No part of a smaller body can reach min_size.

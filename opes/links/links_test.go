@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"mime"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -769,4 +771,110 @@ func flipLast(v string) string {
 		return v[:len(v)-1] + "B"
 	}
 	return v[:len(v)-1] + "A"
+}
+
+// Prune removes files no valid link can point to — older than the cutoff
+// and not stored or linked since — with their sidecars, leftovers of
+// interrupted writes and orphan sidecars; a file stored again is touched
+// and stays; the size bound counts what is left.
+func TestStorePrune(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(dir, 10<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(data []byte) string {
+		t.Helper()
+		res, err := st.Put(context.Background(), bytes.NewReader(data), Meta{ContentType: "application/pdf", Filename: "x.pdf"}, 1)
+		if err != nil || res.Sum == "" {
+			t.Fatalf("Put: %+v %v", res, err)
+		}
+		return res.Sum
+	}
+	old, again, fresh := put(pdf(3000)), put(pdf(4000)), put(pdf(5000))
+	past := time.Now().Add(-48 * time.Hour)
+	for _, name := range []string{old, old + ".json", again, again + ".json"} {
+		if err := os.Chtimes(filepath.Join(dir, name), past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	orphan := strings.Repeat("ab", 32) + ".json"
+	for _, name := range []string{".tmp-123", orphan} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.Chtimes(filepath.Join(dir, name), past, past)
+	}
+	put(pdf(4000)) // linked again: touched
+	before := st.current()
+	files, freed, err := st.Prune(time.Now().Add(-24 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files != 1 || freed != 3000 {
+		t.Errorf("pruned %d files, %d octets; want 1, 3000", files, freed)
+	}
+	if got := st.current(); got != before-3000 {
+		t.Errorf("store counts %d octets after the prune, want %d", got, before-3000)
+	}
+	entries, _ := os.ReadDir(dir)
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	want := []string{again, again + ".json", fresh, fresh + ".json"}
+	slices.Sort(want)
+	if fmt.Sprint(left) != fmt.Sprint(want) {
+		t.Errorf("store holds %v, want %v", left, want)
+	}
+}
+
+// The service prunes in the background from the mail path, at most once
+// per pruneEvery, with a cutoff of ttl plus a margin before now.
+func TestServicePrunesExpiredFiles(t *testing.T) {
+	f := newFixture(t, "ttl = \"1h\"\n")
+	f.svc.pruned = make(chan struct{}, 4)
+	waitPrune := func() {
+		t.Helper()
+		select {
+		case <-f.svc.pruned:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no background prune")
+		}
+	}
+	doc1, doc2 := pdf(1<<20), pdf(1<<20+1)
+	f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
+	waitPrune() // the first message starts one; nothing is old yet
+	sum1 := sha256.Sum256(doc1)
+	path1 := filepath.Join(f.dir, hex.EncodeToString(sum1[:]))
+	if _, err := os.Stat(path1); err != nil {
+		t.Fatalf("stored file gone after the first prune: %v", err)
+	}
+	// Within pruneEvery no second prune starts.
+	f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
+	select {
+	case <-f.svc.pruned:
+		t.Fatal("a second prune within pruneEvery")
+	case <-time.After(100 * time.Millisecond):
+	}
+	// doc1 was last linked three hours ago (ttl 1h + margin 1h passed),
+	// and the last prune is an hour ago.
+	past := time.Now().Add(-3 * time.Hour)
+	if err := os.Chtimes(path1, past, past); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.lastPrune.Add(-int64(pruneEvery / time.Second))
+	r := f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("b.pdf", "application/pdf", doc2))))
+	waitPrune()
+	if _, err := os.Stat(path1); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("expired file still stored: %v", err)
+	}
+	// The fresh link still downloads.
+	link := linkRE.FindString(parse(t, r.wire()).texts["text/plain"])
+	if link == "" {
+		t.Fatal("no link in the message")
+	}
+	if resp, got := get(t, link); resp.StatusCode != 200 || !bytes.Equal(got, doc2) {
+		t.Errorf("fresh link: %d, %d octets", resp.StatusCode, len(got))
+	}
 }

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -30,6 +32,10 @@ type Store struct {
 
 	mu   sync.Mutex
 	used int64 // octets of content files
+
+	// pruneMu orders Prune's removal of a file against Put finding and
+	// touching the same file.
+	pruneMu sync.Mutex
 }
 
 // Meta is what the sidecar records about a stored file.
@@ -143,13 +149,9 @@ func (s *Store) Put(ctx context.Context, r io.Reader, meta Meta, minSize int64) 
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	final := filepath.Join(s.dir, sum)
-	if fi, err := os.Stat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == n {
-		// Already stored. Touching it keeps an age-based cleanup from
-		// removing a file a fresh link points to.
-		now := time.Now()
-		if err := os.Chtimes(final, now, now); err != nil {
-			return Stored{}, fmt.Errorf("touch %s: %w", final, err)
-		}
+	if ok, err := s.touchIfStored(final, n); err != nil {
+		return Stored{}, err
+	} else if ok {
 		return Stored{Sum: sum, Size: n}, nil
 	}
 	if err := f.Sync(); err != nil {
@@ -175,6 +177,80 @@ func (s *Store) Put(ctx context.Context, r io.Reader, meta Meta, minSize int64) 
 		return Stored{}, err
 	}
 	return Stored{Sum: sum, Size: n}, nil
+}
+
+// touchIfStored reports whether final already holds the n octets, and
+// then touches it: Prune removes files by age, and a fresh link must not
+// point to one it removes. Under the lock Prune takes per file.
+func (s *Store) touchIfStored(final string, n int64) (bool, error) {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	fi, err := os.Stat(final)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != n {
+		return false, nil
+	}
+	now := time.Now()
+	if err := os.Chtimes(final, now, now); err != nil {
+		return false, fmt.Errorf("touch %s: %w", final, err)
+	}
+	return true, nil
+}
+
+// Prune removes the files (and their sidecars) last stored or linked
+// before cutoff, and leftovers of interrupted writes older than that. A
+// link is valid for ttl from the time it was made, and making one touches
+// the file, so with cutoff = now - ttl no valid link loses its file.
+// It returns how many files it removed and their size.
+func (s *Store) Prune(cutoff time.Time) (files int, freed int64, err error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("links: prune: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case isSum(name):
+			n, ok, err := s.pruneFile(name, cutoff)
+			if err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				files++
+				freed += n
+			}
+		case strings.HasPrefix(name, ".tmp-"):
+			if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+				_ = os.Remove(filepath.Join(s.dir, name))
+			}
+		case strings.HasSuffix(name, ".json") && isSum(strings.TrimSuffix(name, ".json")):
+			// A sidecar whose file never arrived (a crash between the two
+			// renames) or is gone.
+			if _, err := os.Stat(filepath.Join(s.dir, strings.TrimSuffix(name, ".json"))); errors.Is(err, fs.ErrNotExist) {
+				if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+					_ = os.Remove(filepath.Join(s.dir, name))
+				}
+			}
+		}
+	}
+	return files, freed, errors.Join(errs...)
+}
+
+// pruneFile removes sum and its sidecar if it is still older than cutoff
+// once the lock is held.
+func (s *Store) pruneFile(sum string, cutoff time.Time) (int64, bool, error) {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	path := filepath.Join(s.dir, sum)
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() || !fi.ModTime().Before(cutoff) {
+		return 0, false, nil
+	}
+	if err := os.Remove(path); err != nil {
+		return 0, false, fmt.Errorf("links: prune %s: %w", sum, err)
+	}
+	_ = os.Remove(path + ".json")
+	s.release(fi.Size())
+	return fi.Size(), true, nil
 }
 
 func (s *Store) current() int64 {

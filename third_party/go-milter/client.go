@@ -317,9 +317,15 @@ func (s *ClientSession) negotiate(maximumVersion uint32, actionMask OptAction, p
 
 	s.state = clientStateNegotiated
 
-	// The filter defined macros it wants to get we only use them and not the defaults
+	// The filter defined macros it wants to get. opes-milter patch 8: a
+	// stage it asked for gets its list, every other stage keeps the
+	// defaults, as Postfix does (milter.c, MILTER_MACRO_EVAL: an empty
+	// per-milter list falls back to milter_*_macros) — upstream dropped the
+	// defaults of every stage.
 	if len(msg.Data) > 4*4 {
-		s.macrosByStages = make([][]string, StageEndMarker)
+		byStage := make([][]string, StageEndMarker)
+		copy(byStage, s.macrosByStages)
+		requested := make([]bool, StageEndMarker)
 		l := len(msg.Data)
 		offset := 4 * 3
 		for l > offset+4 {
@@ -336,11 +342,16 @@ func (s *ClientSession) negotiate(maximumVersion uint32, actionMask OptAction, p
 				LogWarning("got request for unknown stage %d, ignoring this entry", stage)
 				continue
 			}
-			if s.macrosByStages[MacroStage(stage)] != nil {
-				LogWarning("macros for stage %d were send multiple times: %q is overwriting %q", stage, requestedMacros, strings.Join(s.macrosByStages[MacroStage(stage)], " "))
+			if requestedMacros == "" {
+				continue // an empty list keeps the defaults (Postfix)
 			}
-			s.macrosByStages[MacroStage(stage)] = parseRequestedMacros(requestedMacros)
+			if requested[stage] {
+				LogWarning("macros for stage %d were send multiple times: %q is overwriting %q", stage, requestedMacros, strings.Join(byStage[MacroStage(stage)], " "))
+			}
+			requested[stage] = true
+			byStage[MacroStage(stage)] = parseRequestedMacros(requestedMacros)
 		}
+		s.macrosByStages = byStage
 	}
 	for i := range s.macrosByStages {
 		if s.macrosByStages[i] != nil {

@@ -398,3 +398,41 @@ func TestServer_ReusedGoroutines(t *testing.T) {
 		t.Errorf("idle session goroutines not ended by Close: %d goroutines, %d before", n, base)
 	}
 }
+
+// connectRecorder records the MTA name macro seen at connect.
+type connectRecorder struct {
+	NoOpMilter
+	seen chan string
+}
+
+func (c connectRecorder) Connect(host string, family string, port uint16, addr string, m Modifier) (*Response, error) {
+	c.seen <- m.Get(MacroMTAFQDN)
+	return RespContinue, nil
+}
+
+// opes-milter patch 8: a milter that asks for the macros of one stage
+// still gets the MTA's default macros at the others, as from Postfix.
+func TestClient_MacroRequestKeepsOtherDefaults(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 1)
+	srv := NewServer(WithMilter(func() Milter { return connectRecorder{seen: seen} }),
+		WithMacroRequest(StageEOM, []MacroName{MacroQueueId}))
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	macros := NewMacroBag()
+	macros.Set(MacroMTAFQDN, "mx.example.org")
+	s, err := NewClient("tcp", ln.Addr().String()).Session(macros)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Conn("localhost", FamilyInet, 2525, "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-seen; got != "mx.example.org" {
+		t.Errorf("connect macro j = %q, want the default list's value", got)
+	}
+}

@@ -132,13 +132,6 @@ func (m *serverSession) negotiate(msg *wire.Message, milterVersion uint32, milte
 	// send the macros we want to have in the response
 	if macroRequests != nil && mtaActionMask&OptSetMacros != 0 {
 		for st := 0; st < int(StageEndMarker) && st < len(macroRequests); st++ {
-			// opes-milter patch 7: MTAs send a stage's macros even when the
-			// stage itself is negotiated away (Postfix's milter8_event says
-			// so), so asking for macros of a skipped stage costs a packet
-			// per message that no callback ever reads.
-			if skipped := stageSkipFlag[MacroStage(st)]; skipped != 0 && m.protocol&skipped != 0 {
-				continue
-			}
 			if macroRequests[st] != nil && len(macroRequests[st]) > 0 {
 				if err := binary.Write(&buffer, binary.BigEndian, uint32(st)); err != nil {
 					return nil, fmt.Errorf("milter: negotiate: %w", err)
@@ -152,17 +145,6 @@ func (m *serverSession) negotiate(msg *wire.Message, milterVersion uint32, milte
 	}
 	// build negotiation response
 	return newResponse(wire.CodeOptNeg, buffer.Bytes()), nil
-}
-
-// stageSkipFlag maps a macro stage to the protocol flag that skips its
-// command (opes-milter patch 7). The end of message cannot be skipped.
-var stageSkipFlag = map[MacroStage]OptProtocol{
-	StageConnect: OptNoConnect,
-	StageHelo:    OptNoHelo,
-	StageMail:    OptNoMailFrom,
-	StageRcpt:    OptNoRcptTo,
-	StageData:    OptNoData,
-	StageEOH:     OptNoEOH,
 }
 
 // processMsg processes incoming milter commands

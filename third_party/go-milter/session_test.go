@@ -36,10 +36,6 @@ func Test_milterSession_negotiate(t *testing.T) {
 			return milterVersion, OptAddHeader, OptNoConnect, DataSize64K, nil
 		}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 6, 0, 0, 0, 1, 0, 0, 0, 1}}, false},
 		{"negotiation macros", fields{milterActions: OptSetMacros, macroRequests: macroRequests{{"j", "_"}, {"i"}}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'j', ' ', '_', 0, 0, 0, 0, 1, 'i', 0}}, false},
-		// opes-milter patch 7: no macros are requested for a stage the milter skips.
-		{"negotiation macros of skipped stages", fields{callback: func(mtaVersion, milterVersion uint32, mtaActions, milterActions OptAction, mtaProtocol, milterProtocol OptProtocol, offeredMaxData DataSize) (version uint32, actions OptAction, protocol OptProtocol, maxData DataSize, err error) {
-			return 2, OptSetMacros, OptNoConnect | OptNoMailFrom, DataSize64K, nil
-		}, macroRequests: macroRequests{{"j", "_"}, {"{cipher}"}, {"i", "{auth_type}"}, nil, nil, {"i"}}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0x42}}, &wire.Message{wire.CodeOptNeg, []byte{0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0x05, 0, 0, 0, 1, '{', 'c', 'i', 'p', 'h', 'e', 'r', '}', 0, 0, 0, 0, 5, 'i', 0}}, false},
 	}
 	for _, tt_ := range tests {
 		t.Run(tt_.name, func(t *testing.T) {

@@ -2,17 +2,15 @@
 // that does no filtering and adds one header field (X-Bench: 1) at the
 // end of the message, the least work any filter that marks mail does.
 //
-//	nullmilter [-unix PATH] [-tcp HOST:PORT] [-every] [-min-macros] [-cpuprofile FILE] [-memprofile FILE]
+//	nullmilter [-unix PATH] [-tcp HOST:PORT] [-every] [-cpuprofile FILE] [-memprofile FILE]
 //
 // By default it negotiates away every stage but the end of message (no
 // connect, HELO, MAIL, RCPT, DATA, header, end-of-header, body or unknown
 // callbacks), which is what a filter whose policy needs nothing else can
-// do. It asks for no macros, so the MTA sends its default lists — for
-// skipped stages too, as Postfix does. With -min-macros it also asks for
-// only the queue id at the end of the message, which turns the MTA's
-// other macro packets off: the true floor for a filter that needs the
-// queue id and nothing else. With -every it asks for every stage and
-// answers each, like a filter that does not know what it will need.
+// do. It asks for no macros, so the MTA sends its default lists (for
+// skipped stages too, as Postfix does). With -every it asks for every
+// stage and answers each, like a filter that does not know what it will
+// need.
 package main
 
 import (
@@ -56,7 +54,6 @@ func main() {
 	unixPath := flag.String("unix", "", "listen on this unix socket")
 	tcpAddr := flag.String("tcp", "", "listen on this TCP address (host:port)")
 	every := flag.Bool("every", false, "ask for every stage instead of the end of message only")
-	minMacros := flag.Bool("min-macros", false, "ask the MTA for the queue id at the end of the message and no other macro")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile to this file until exit")
 	memProfile := flag.String("memprofile", "", "write an allocation profile to this file at exit")
 	flag.Parse()
@@ -98,9 +95,6 @@ func main() {
 		opts = append(opts, gomilter.WithMilter(func() gomilter.Milter { return headerOnly{} }),
 			gomilter.WithProtocol(gomilter.OptNoConnect|gomilter.OptNoHelo|gomilter.OptNoMailFrom|gomilter.OptNoRcptTo|
 				gomilter.OptNoData|gomilter.OptNoHeaders|gomilter.OptNoEOH|gomilter.OptNoBody|gomilter.OptNoUnknown))
-	}
-	if *minMacros {
-		opts = append(opts, gomilter.WithMacroRequest(gomilter.StageEOM, []gomilter.MacroName{gomilter.MacroQueueId}))
 	}
 	srv := gomilter.NewServer(opts...)
 	var lns []net.Listener
