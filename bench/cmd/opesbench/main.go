@@ -305,6 +305,7 @@ type e2eFigures struct {
 	Rate     float64 `json:"msg_per_s"`
 	Ratio    float64 `json:"ratio_to_none"`
 	CPU      float64 `json:"milter_cpu_ms_per_msg"`
+	Postfix  float64 `json:"postfix_cpu_ms_per_msg"`
 }
 
 func (b *bench) endToEnd(ctx context.Context, tg *targets) error {
@@ -344,7 +345,8 @@ func (b *bench) endToEnd(ctx context.Context, tg *targets) error {
 		}
 		b.rows = append(b.rows, row{section: "postfix e2e", scenario: fmt.Sprintf("smtp-source -s 10 -l 4096, %d msgs", f.Messages),
 			peer: labels[f.Name], rate: strconv.FormatFloat(f.Rate, 'f', 0, 64), cpu: cpu,
-			note: "÷ no milter " + strconv.FormatFloat(f.Ratio, 'f', 2, 64)})
+			note: "÷ no milter " + strconv.FormatFloat(f.Ratio, 'f', 2, 64) +
+				"; Postfix CPU " + strconv.FormatFloat(f.Postfix, 'f', 2, 64) + " ms/msg"})
 		if f.Name == "opes-unix" {
 			opesUnix = &figs[i]
 			b.e2eOpesMessages = f.Messages
