@@ -9,7 +9,10 @@
 // [[rule]] and the other tables are checked but not used. A listener off
 // loopback requires TLS (RFC 3836 §3.4) unless -insecure-off-loopback is
 // given; -client-ca requires and verifies client certificates (mutual
-// TLS). SIGINT and SIGTERM stop it: open connections are ended with CE
+// TLS). SIGHUP reloads the file: new transactions run the new services
+// (on connections opened before too, when a service still reads the same
+// parts); a file with an error is refused and the running services stay.
+// SIGINT and SIGTERM stop it: open connections are ended with CE
 // and transactions in flight fail, so processors apply their failure
 // policy (by default 451 4.3.0: the mail is retried, never lost).
 package main
@@ -27,7 +30,9 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/opesmilter/opes-milter/opes/callout/sdk"
 	"github.com/opesmilter/opes-milter/policy"
@@ -36,12 +41,15 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr, nil))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	os.Exit(run(ctx, os.Args[1:], os.Stderr, nil, hup))
 }
 
-// run serves until ctx ends. ready, when not nil, receives the listening
-// address (for tests).
-func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.Addr) int {
+// run serves until ctx ends, reloading the configuration on every value
+// from reload. ready, when not nil, receives the listening address (for
+// tests).
+func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.Addr, reload <-chan os.Signal) int {
 	fs := flag.NewFlagSet("opes-callout", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "policy file whose [[service]] blocks are served (required)")
@@ -63,17 +71,13 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
 		return 1
 	}
-	mux := sdk.Mux{}
-	var names []string
-	for _, s := range cfg.Policy.Services {
-		mux[s.Name] = sdk.Host(s.Impl, cfg.Policy.Limits.Body, log.With("service", s.Name))
-		names = append(names, s.Name)
-	}
-	sort.Strings(names)
-	if len(mux) == 0 {
-		fmt.Fprintf(stderr, "opes-callout: %s defines no [[service]] to serve\n", *config)
+	mux, names, err := hostAll(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
 		return 1
 	}
+	live := &liveMux{}
+	live.cur.Store(&hostedConfig{mux: mux, cfg: cfg})
 	tc, err := tlsConfig(*cert, *key, *clientCA)
 	if err != nil {
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
@@ -100,13 +104,95 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.
 	if ready != nil {
 		ready <- ln.Addr()
 	}
-	srv := &sdk.Server{Handler: mux, Log: log, Body: cfg.Policy.Limits.Body}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-reload:
+				live.reload(*config, log)
+			}
+		}
+	}()
+	srv := &sdk.Server{Handler: live, Log: log, Body: cfg.Policy.Limits.Body}
 	if err := srv.Serve(ctx, ln); err != nil {
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
 		return 1
 	}
 	log.Info("opes-callout: stopped")
 	return 0
+}
+
+// hostAll hosts every [[service]] of cfg under its name.
+func hostAll(cfg *policy.Config, log *slog.Logger) (sdk.Mux, []string, error) {
+	mux := sdk.Mux{}
+	var names []string
+	for _, s := range cfg.Policy.Services {
+		mux[s.Name] = sdk.Host(s.Impl, cfg.Policy.Limits.Body, log.With("service", s.Name))
+		names = append(names, s.Name)
+	}
+	sort.Strings(names)
+	if len(mux) == 0 {
+		return nil, nil, fmt.Errorf("%s defines no [[service]] to serve", cfg.Source)
+	}
+	return mux, names, nil
+}
+
+// hostedConfig is a loaded configuration and the services it hosts.
+type hostedConfig struct {
+	mux sdk.Mux
+	cfg *policy.Config
+}
+
+// liveMux is the Handler of the running configuration, swapped on reload.
+type liveMux struct {
+	cur atomic.Pointer[hostedConfig]
+}
+
+// Lookup implements sdk.Handler.
+func (l *liveMux) Lookup(name string) sdk.Service { return l.cur.Load().mux[name] }
+
+// reload loads path and serves its services from now on; on any error
+// the running services stay.
+func (l *liveMux) reload(path string, log *slog.Logger) {
+	cfg, err := policy.Load(path)
+	var mux sdk.Mux
+	var names []string
+	if err == nil {
+		mux, names, err = hostAll(cfg, log)
+	}
+	if err != nil {
+		log.Error("opes-callout: reload refused, keeping the running services", "err", err.Error())
+		return
+	}
+	old := l.cur.Swap(&hostedConfig{mux: mux, cfg: cfg})
+	log.Info("opes-callout: reloaded", "config", path, "services", names)
+	retire(old.cfg, log)
+}
+
+// retireAfter is how long replaced services keep their resources:
+// transactions that started with them finish first.
+const retireAfter = 6 * time.Minute
+
+// retire closes the resources of replaced services (connection pools)
+// once the transactions that may use them are over.
+func retire(old *policy.Config, log *slog.Logger) {
+	type closer interface{ Close() }
+	var closers []closer
+	for _, s := range old.Policy.Services {
+		if c, ok := s.Impl.(closer); ok {
+			closers = append(closers, c)
+		}
+	}
+	if len(closers) == 0 {
+		return
+	}
+	log.Debug("opes-callout: retiring the replaced services", "services", len(closers), "after", retireAfter.String())
+	time.AfterFunc(retireAfter, func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	})
 }
 
 func tlsConfig(cert, key, clientCA string) (*tls.Config, error) {

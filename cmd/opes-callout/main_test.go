@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,7 +156,7 @@ func TestSamePolicyLocalAndRemote(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"-config", file, "-listen", "127.0.0.1:0",
-			"-tls-cert", pki.ServerCert, "-tls-key", pki.ServerKey, "-client-ca", pki.CA}, &stderr, ready)
+			"-tls-cert", pki.ServerCert, "-tls-key", pki.ServerKey, "-client-ca", pki.CA}, &stderr, ready, nil)
 	}()
 	var addr net.Addr
 	select {
@@ -258,9 +261,118 @@ func TestFlags(t *testing.T) {
 	}
 	for _, c := range cases {
 		var stderr bytes.Buffer
-		code := run(context.Background(), c.args, &stderr, nil)
+		code := run(context.Background(), c.args, &stderr, nil, nil)
 		if code != c.code || !strings.Contains(stderr.String(), c.msg) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, stderr.String(), c.code, c.msg)
 		}
+	}
+}
+
+// syncBuffer is a log sink the test reads while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tagPolicy(header string) string {
+	return fmt.Sprintf(`[system]
+uri = "https://mx1.example.net/opes/"
+[consent]
+all = true
+[[service]]
+name = "external"
+kind = "tag"
+[service.options]
+header = %q
+[[rule]]
+name = "all"
+run = ["external"]
+`, header)
+}
+
+// SIGHUP reloads the file: the next transaction, on the connection the
+// processor already holds, runs the new options; a broken file is refused
+// and the running services stay.
+func TestReloadOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.toml")
+	write := func(src string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(tagPolicy("X-External: v1"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	reload := make(chan os.Signal, 1)
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"-config", file, "-listen", "127.0.0.1:0"}, logs, ready, reload) }()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case code := <-done:
+		t.Fatalf("opes-callout exited %d: %s", code, logs.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("opes-callout did not start")
+	}
+	local, err := policy.Parse("policy.toml", []byte(tagPolicy("X-External: v1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := local.Policy.Services[0]
+	svc, err := callout.NewService(callout.Config{Servers: []string{addr.String()}, Service: s.Name,
+		Stages: s.Impl.Needs().Stages &^ opes.StagesOf(opes.StageData), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	s.Impl = svc
+	proc, err := opes.NewProcessor(local.Policy, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := messages[0]
+	expect := func(want string) {
+		t.Helper()
+		if got := result(t, proc, m); !strings.Contains(got, want) {
+			t.Fatalf("want %q in:\n%s", want, got)
+		}
+	}
+	waitLog := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), want); {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log:\n%s", want, logs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	expect("X-External: v1")
+	write(tagPolicy("X-External: v2"))
+	reload <- syscall.SIGHUP
+	waitLog("opes-callout: reloaded")
+	expect("X-External: v2")
+	write("[[service]]\nname = \"external\"\nkind = \"no-such-kind\"\n")
+	reload <- syscall.SIGHUP
+	waitLog("reload refused")
+	expect("X-External: v2")
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("opes-callout exited %d", code)
 	}
 }

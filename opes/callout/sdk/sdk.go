@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -153,7 +154,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 type group struct {
 	name    string
 	svc     Service
+	parts   Parts        // what svc reads, as negotiated
 	profile *ocp.Profile // nil until negotiated
+	warned  bool         // told that a reloaded service could not be used
 }
 
 // connHandler is the OSMTP side of one connection.
@@ -176,7 +179,7 @@ func (h *connHandler) Group(sg uint32, services ocp.List) error {
 		return fmt.Errorf("unknown service %q", truncate(name))
 	}
 	h.mu.Lock()
-	h.groups[sg] = &group{name: name, svc: svc}
+	h.groups[sg] = &group{name: name, svc: svc, parts: svc.Parts()}
 	h.mu.Unlock()
 	return nil
 }
@@ -211,8 +214,7 @@ func (h *connHandler) Negotiate(sg *uint32, offers ocp.List) (ocp.Value, ocp.Lis
 			// the same group conflicts with the first (§6.2).
 			return nil, ocp.List{f}, unknowns, nil
 		}
-		parts := g.svc.Parts()
-		p := ocp.Narrow(offer, parts.Decide, parts.Read)
+		p := ocp.Narrow(offer, g.parts.Decide, g.parts.Read)
 		h.mu.Lock()
 		g.profile = &p
 		h.mu.Unlock()
@@ -237,11 +239,42 @@ func (h *connHandler) Transaction(ctx context.Context, st *ocp.ServerTx) {
 		st.End(ocp.Failure("OSMTP profile not negotiated for this service group"))
 		return
 	}
-	t := &serverTx{s: h.s, st: st, g: g, p: *g.profile, m: &Message{Size: -1}}
+	t := &serverTx{s: h.s, st: st, g: g, svc: h.current(g), p: *g.profile, m: &Message{Size: -1}}
 	if err := t.run(ctx); err != nil {
 		h.s.Log.Warn("sdk: transaction failed", "service", g.name, "xid", st.Xid, "err", err)
 		st.End(ocp.Failure(truncate(err.Error())))
 	}
+}
+
+// current is the service a new transaction of group g runs: the one the
+// Handler has now (a reloaded configuration) when it reads the same parts
+// as the one the group negotiated for, else the group's own. A service
+// that changed what it reads needs a new negotiation, that is a new
+// connection: processors open one when theirs ends (idle timeout, their
+// own reload).
+func (h *connHandler) current(g *group) Service {
+	cur := h.s.Handler.Lookup(g.name)
+	if cur == nil || cur == g.svc {
+		return g.svc
+	}
+	if parts := cur.Parts(); sameSet(parts.Decide, g.parts.Decide) && sameSet(parts.Read, g.parts.Read) {
+		return cur
+	}
+	h.mu.Lock()
+	warn := !g.warned
+	g.warned = true
+	h.mu.Unlock()
+	if warn {
+		h.s.Log.Warn("sdk: service reads other parts since the reload; this connection keeps the configuration it negotiated", "service", g.name)
+	}
+	return g.svc
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
 }
 
 func truncate(s string) string {

@@ -18,12 +18,13 @@ const maxHeaderFields = 1000
 
 // serverTx runs one OSMTP transaction on the callout server.
 type serverTx struct {
-	s  *Server
-	st *ocp.ServerTx
-	g  *group
-	p  ocp.Profile
-	m  *Message
-	tx Tx
+	s   *Server
+	st  *ocp.ServerTx
+	g   *group
+	svc Service // the group's service, or its reloaded replacement
+	p   ocp.Profile
+	m   *Message
+	tx  Tx
 
 	org, adp uint32
 	amsSent  bool
@@ -47,7 +48,7 @@ func (t *serverTx) next(ctx context.Context) (*ocp.Message, error) {
 }
 
 func (t *serverTx) run(ctx context.Context) error {
-	t.tx = t.g.svc.Begin(t.m)
+	t.tx = t.svc.Begin(t.m)
 	defer t.tx.Close()
 	defer func() {
 		if t.m.Body != nil {
