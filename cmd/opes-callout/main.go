@@ -3,7 +3,7 @@
 // with the OSMTP profile to OPES processors, whose policies name them
 // with kind = "callout".
 //
-//	opes-callout -config FILE [-listen ADDR] [-tls-cert FILE -tls-key FILE [-client-ca FILE]]
+//	opes-callout -config FILE [-listen ADDR] [-tls-cert FILE -tls-key FILE [-client-ca FILE]] [-metrics-listen ADDR]
 //
 // Every [[service]] of the file is served under its name; [system],
 // [[rule]] and the other tables are checked but not used. A listener off
@@ -12,7 +12,8 @@
 // TLS). SIGHUP reloads the file: new transactions run the new services
 // (on connections opened before too, when a service still reads the same
 // parts); a file with an error is refused and the running services stay.
-// SIGINT and SIGTERM stop it: open connections are ended with CE
+// -metrics-listen serves Prometheus metrics at /metrics on a loopback
+// address. SIGINT and SIGTERM stop it: open connections are ended with CE
 // and transactions in flight fail, so processors apply their failure
 // policy (by default 451 4.3.0: the mail is retried, never lost).
 package main
@@ -27,6 +28,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -34,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/metrics"
 	"github.com/opesmilter/opes-milter/opes/callout/sdk"
 	"github.com/opesmilter/opes-milter/policy"
 )
@@ -58,6 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.
 	key := fs.String("tls-key", "", "server key (PEM)")
 	clientCA := fs.String("client-ca", "", "CA that client certificates must chain to (mutual TLS)")
 	insecure := fs.Bool("insecure-off-loopback", false, "allow plain TCP on a non-loopback address")
+	metricsListen := fs.String("metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics; empty = off")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -76,8 +80,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
 		return 1
 	}
-	live := &liveMux{}
+	m := metrics.NewCallout()
+	live := &liveMux{metrics: m}
 	live.cur.Store(&hostedConfig{mux: mux, cfg: cfg})
+	if *metricsListen != "" {
+		stopMetrics, err := serveMetrics(*metricsListen, m, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "opes-callout: -metrics-listen: %v\n", err)
+			return 2
+		}
+		defer stopMetrics()
+	}
 	tc, err := tlsConfig(*cert, *key, *clientCA)
 	if err != nil {
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
@@ -114,7 +127,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- net.
 			}
 		}
 	}()
-	srv := &sdk.Server{Handler: live, Log: log, Body: cfg.Policy.Limits.Body}
+	srv := &sdk.Server{Handler: live, Log: log, Body: cfg.Policy.Limits.Body, Metrics: m}
 	if err := srv.Serve(ctx, ln); err != nil {
 		fmt.Fprintf(stderr, "opes-callout: %v\n", err)
 		return 1
@@ -146,7 +159,8 @@ type hostedConfig struct {
 
 // liveMux is the Handler of the running configuration, swapped on reload.
 type liveMux struct {
-	cur atomic.Pointer[hostedConfig]
+	cur     atomic.Pointer[hostedConfig]
+	metrics *metrics.Callout
 }
 
 // Lookup implements sdk.Handler.
@@ -161,6 +175,7 @@ func (l *liveMux) reload(path string, log *slog.Logger) {
 	if err == nil {
 		mux, names, err = hostAll(cfg, log)
 	}
+	l.metrics.Reloaded(err)
 	if err != nil {
 		log.Error("opes-callout: reload refused, keeping the running services", "err", err.Error())
 		return
@@ -168,6 +183,33 @@ func (l *liveMux) reload(path string, log *slog.Logger) {
 	old := l.cur.Swap(&hostedConfig{mux: mux, cfg: cfg})
 	log.Info("opes-callout: reloaded", "config", path, "services", names)
 	retire(old.cfg, log)
+}
+
+// serveMetrics serves /metrics on addr, which must be loopback: the
+// metrics name services and are not for the network. The returned
+// function stops the listener.
+func serveMetrics(addr string, m *metrics.Callout, log *slog.Logger) (func(), error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+		return nil, fmt.Errorf("%s is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("opes-callout: metrics listener failed", "err", err)
+		}
+	}()
+	log.Info("opes-callout: metrics", "listen", ln.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }
 
 // retireAfter is how long replaced services keep their resources:

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -258,6 +260,7 @@ func TestFlags(t *testing.T) {
 		{[]string{"-config", file, "-listen", "0.0.0.0:0"}, 2, "not loopback"},
 		{[]string{"-config", file, "-tls-cert", "x"}, 2, "go together"},
 		{[]string{"-config", file, "-client-ca", "x"}, 2, "-client-ca needs"},
+		{[]string{"-config", file, "-listen", "127.0.0.1:0", "-metrics-listen", "0.0.0.0:0"}, 2, "not a loopback address"},
 	}
 	for _, c := range cases {
 		var stderr bytes.Buffer
@@ -321,7 +324,9 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	reload := make(chan os.Signal, 1)
 	logs := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"-config", file, "-listen", "127.0.0.1:0"}, logs, ready, reload) }()
+	go func() {
+		done <- run(ctx, []string{"-config", file, "-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0"}, logs, ready, reload)
+	}()
 	var addr net.Addr
 	select {
 	case addr = <-ready:
@@ -371,6 +376,31 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	reload <- syscall.SIGHUP
 	waitLog("reload refused")
 	expect("X-External: v2")
+
+	// The metrics count what happened.
+	addrRE := regexp.MustCompile(`"opes-callout: metrics" listen=(\S+)`)
+	mm := addrRE.FindStringSubmatch(logs.String())
+	if mm == nil {
+		t.Fatalf("no metrics address in the log:\n%s", logs.String())
+	}
+	resp, err := http.Get("http://" + mm[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`opes_callout_transactions_total{outcome="continue",service="external"} 3`,
+		`opes_callout_config_reloads_total{result="ok"} 1`,
+		`opes_callout_config_reloads_total{result="error"} 1`,
+		`opes_callout_config_last_reload_successful 0`,
+		`opes_callout_connections 1`,
+		`opes_callout_transaction_duration_seconds_count{service="external"} 3`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Errorf("opes-callout exited %d", code)

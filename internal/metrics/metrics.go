@@ -30,9 +30,7 @@ type Metrics struct {
 	bypass     *prometheus.CounterVec
 	sessions   prometheus.Gauge
 	malformed  prometheus.Counter
-	reloads    *prometheus.CounterVec
-	reloadOK   prometheus.Gauge
-	reloadTime prometheus.Gauge
+	reloadMetrics
 }
 
 // New registers every metric in a fresh registry.
@@ -64,23 +62,8 @@ func New() *Metrics {
 			Name: "opes_milter_malformed_packets_total",
 			Help: "Milter connections dropped because of a malformed packet.",
 		}),
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "opes_milter_config_reloads_total",
-			Help: "Configuration reloads (SIGHUP) by result: ok, or error (the running policy stayed).",
-		}, []string{"result"}),
-		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "opes_milter_config_last_reload_successful",
-			Help: "1 if the last reload succeeded (or none was tried), 0 if it was refused.",
-		}),
-		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "opes_milter_config_last_reload_success_timestamp_seconds",
-			Help: "When the running configuration was loaded.",
-		}),
+		reloadMetrics: newReloadMetrics("opes_milter", "policy"),
 	}
-	m.reloads.WithLabelValues("ok")
-	m.reloads.WithLabelValues("error")
-	m.reloadOK.Set(1)
-	m.reloadTime.SetToCurrentTime()
 	m.reg.MustRegister(m.outcomes, m.svcLatency, m.svcErrors, m.bypass, m.sessions, m.malformed, m.reloads, m.reloadOK, m.reloadTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -183,14 +166,45 @@ func (m *Metrics) SessionClosed() { m.sessions.Dec() }
 // MalformedPacket counts a connection the packet guard dropped.
 func (m *Metrics) MalformedPacket() { m.malformed.Inc() }
 
+// reloadMetrics count configuration reloads (SIGHUP).
+type reloadMetrics struct {
+	reloads    *prometheus.CounterVec
+	reloadOK   prometheus.Gauge
+	reloadTime prometheus.Gauge
+}
+
+// newReloadMetrics names the metrics with prefix; what is what the
+// running configuration holds, for the help text.
+func newReloadMetrics(prefix, what string) reloadMetrics {
+	r := reloadMetrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "_config_reloads_total",
+			Help: "Configuration reloads (SIGHUP) by result: ok, or error (the running " + what + " stayed).",
+		}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "_config_last_reload_successful",
+			Help: "1 if the last reload succeeded (or none was tried), 0 if it was refused.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "_config_last_reload_success_timestamp_seconds",
+			Help: "When the running configuration was loaded.",
+		}),
+	}
+	r.reloads.WithLabelValues("ok")
+	r.reloads.WithLabelValues("error")
+	r.reloadOK.Set(1)
+	r.reloadTime.SetToCurrentTime()
+	return r
+}
+
 // Reloaded records the result of a configuration reload.
-func (m *Metrics) Reloaded(err error) {
+func (r reloadMetrics) Reloaded(err error) {
 	if err != nil {
-		m.reloads.WithLabelValues("error").Inc()
-		m.reloadOK.Set(0)
+		r.reloads.WithLabelValues("error").Inc()
+		r.reloadOK.Set(0)
 		return
 	}
-	m.reloads.WithLabelValues("ok").Inc()
-	m.reloadOK.Set(1)
-	m.reloadTime.SetToCurrentTime()
+	r.reloads.WithLabelValues("ok").Inc()
+	r.reloadOK.Set(1)
+	r.reloadTime.SetToCurrentTime()
 }

@@ -105,6 +105,20 @@ type Server struct {
 	IdleTimeout time.Duration
 	// Body sets where large bodies are spooled.
 	Body opes.BodyOptions
+	// Metrics, when not nil, is told about connections and transactions.
+	Metrics Metrics
+}
+
+// Metrics receives what a Server does, for monitoring.
+type Metrics interface {
+	// Connections is called with +1 when a connection opens, -1 when it
+	// ends.
+	Connections(delta int)
+	// Transaction is called when a transaction ends: outcome is the
+	// service's final verdict ("continue", "reject", "tempfail",
+	// "accept", "discard", "quarantine"), or "aborted" when the processor
+	// ended it before the end of the message, or "failed" on an error.
+	Transaction(service string, took time.Duration, outcome string)
 }
 
 // Serve runs a Server with default settings.
@@ -142,6 +156,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if s.Metrics != nil {
+				s.Metrics.Connections(1)
+				defer s.Metrics.Connections(-1)
+			}
 			h := &connHandler{s: s, groups: map[uint32]*group{}}
 			err := ocp.ServeConn(ctx, nc, h, ocp.ServerConfig{Limits: s.Limits, IdleTimeout: s.IdleTimeout, Log: s.Log})
 			if err != nil {
@@ -240,9 +258,21 @@ func (h *connHandler) Transaction(ctx context.Context, st *ocp.ServerTx) {
 		return
 	}
 	t := &serverTx{s: h.s, st: st, g: g, svc: h.current(g), p: *g.profile, m: &Message{Size: -1}}
-	if err := t.run(ctx); err != nil {
+	began := time.Now()
+	err := t.run(ctx)
+	if err != nil {
 		h.s.Log.Warn("sdk: transaction failed", "service", g.name, "xid", st.Xid, "err", err)
 		st.End(ocp.Failure(truncate(err.Error())))
+	}
+	if m := h.s.Metrics; m != nil {
+		outcome := "aborted"
+		switch {
+		case err != nil:
+			outcome = "failed"
+		case t.ended || t.verdict != opes.Continue:
+			outcome = t.verdict.String()
+		}
+		m.Transaction(g.name, time.Since(began), outcome)
 	}
 }
 

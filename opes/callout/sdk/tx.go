@@ -23,6 +23,9 @@ type serverTx struct {
 	g   *group
 	svc Service // the group's service, or its reloaded replacement
 	p   ocp.Profile
+	// verdict is the last answer that was not "continue", for Metrics.
+	verdict opes.VerdictKind
+	ended   bool // the service answered the whole message
 	m   *Message
 	tx  Tx
 
@@ -296,6 +299,9 @@ func (t *serverTx) sendAnswer(ctx context.Context, part string, off, size uint32
 	if err := t.waitUnpaused(ctx); err != nil {
 		return err
 	}
+	if a.Verdict.Kind != opes.Continue {
+		t.verdict = a.Verdict.Kind
+	}
 	d := decisionOf(a.Verdict)
 	xid := ocp.UniAtom(t.st.Xid)
 	rewrite := a.Value != nil && (part == ocp.PartMail || part == ocp.PartRcpt)
@@ -318,6 +324,8 @@ func (t *serverTx) sendAnswer(ctx context.Context, part string, off, size uint32
 // sendEnd sends the adapted values, the replacement body and the final
 // decision on AME.
 func (t *serverTx) sendEnd(ctx context.Context, a Answer) error {
+	t.verdict = a.Verdict.Kind
+	t.ended = true
 	if err := t.ensureAMS(); err != nil {
 		return err
 	}
