@@ -340,9 +340,57 @@ func TestHeaderPositionedChanges(t *testing.T) {
 	if _, err := h.SetAt("OPES-Via", 1, "x"); err == nil {
 		t.Error("a trace field was changed")
 	}
-	changes := h.diff()
+	changes, appends := h.diff()
 	want := []HeaderChange{{Kind: ChangeField, Name: "To", Value: "c@x", Index: 2}, {Kind: DeleteField, Name: "X-Tag", Index: 1}}
-	if len(changes) != len(want) || changes[0] != want[0] || changes[1] != want[1] {
-		t.Errorf("changes %+v, want %+v", changes, want)
+	if len(changes) != len(want) || changes[0] != want[0] || changes[1] != want[1] || len(appends) != 0 {
+		t.Errorf("changes %+v, appends %+v, want %+v", changes, appends, want)
+	}
+}
+
+// Prepended fields go to the top of the delivered header, below the OPES
+// trace, the later one above; a deletion of a field of the same name still
+// removes the field it named (the insertions come after the deletions);
+// appended fields go to the end.
+func TestHeaderPrepend(t *testing.T) {
+	svc := &hookService{needs: Needs{Stages: StagesOf(StageEOM), Headers: true}, eom: func(tx *Transaction) (Verdict, error) {
+		if ok, err := tx.Header.DelAt("Authentication-Results", 1); !ok || err != nil {
+			t.Errorf("DelAt: %v %v", ok, err)
+		}
+		for _, f := range [][3]string{{"p", "Authentication-Results", "mx.example.net; dkim=pass"}, {"p", "DKIM-Signature", "v=1; d=example.net"}, {"a", "X-Tag", "1"}} {
+			var err error
+			if f[0] == "p" {
+				err = tx.Header.Prepend(f[1], f[2])
+			} else {
+				err = tx.Header.Add(f[1], f[2])
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		return Verdict{Kind: Continue, Action: "modified"}, nil
+	}}
+	proc := newTestProcessor(t, spec("p", svc))
+	proc.policy.Consent = &Consent{All: true}
+	header := [][2]string{{"Received", " from a by b"}, {"Authentication-Results", " mx.example.net; dkim=pass (forged)"}, {"Subject", " hi"}}
+	o, _ := runMessage(t, proc.NewSession(), "a@example.org", []string{"b@example.net"}, header, "x\r\n")
+	if o.Kind != Continue {
+		t.Fatalf("outcome %v", o.Kind)
+	}
+	var names []string
+	for _, f := range delivered(header, o) {
+		names = append(names, f.Name+":"+strings.Join(strings.Fields(f.Value), " ")) // unfolded
+	}
+	got := strings.Join(names, "\n")
+	want := strings.Join([]string{
+		"OPES-System:" + testSystem + "; id=4ABCD12",
+		"OPES-Via:" + testSystem + "; id=4ABCD12, " + testSystem + "svc/p; action=modified",
+		"DKIM-Signature:v=1; d=example.net",
+		"Authentication-Results:mx.example.net; dkim=pass",
+		"Received:from a by b",
+		"Subject:hi",
+		"X-Tag:1",
+	}, "\n")
+	if got != want {
+		t.Errorf("delivered header:\n%s\nwant:\n%s", got, want)
 	}
 }

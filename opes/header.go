@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"slices"
 	"strings"
 )
 
@@ -14,7 +15,8 @@ type HeaderField struct {
 	// white space and folding kept), or as a service set it.
 	Value string
 
-	orig int // index among the fields the MTA sent; -1 for a new field
+	orig int  // index among the fields the MTA sent; -1 for a new field
+	top  bool // a new field put at the top of the header (Prepend)
 }
 
 // Header is the working copy of a message header. It remembers which
@@ -77,6 +79,26 @@ func (h *Header) Add(name, value string) error {
 		return err
 	}
 	h.fields = append(h.fields, HeaderField{Name: name, Value: v, orig: -1})
+	return nil
+}
+
+// Prepend adds a new field at the top of the header, below the OPES trace
+// fields: where a receiving system's own results go (Authentication-Results,
+// RFC 8601 §5; DKIM-Signature, RFC 6376 §5.6). Fields prepended later
+// end up above those prepended earlier.
+func (h *Header) Prepend(name, value string) error {
+	if err := checkFieldName(name); err != nil {
+		return err
+	}
+	v, err := cleanFieldValue(value)
+	if err != nil {
+		return err
+	}
+	i := 0
+	for i < len(h.fields) && h.fields[i].orig == origOwn {
+		i++
+	}
+	h.fields = slices.Insert(h.fields, i, HeaderField{Name: name, Value: v, orig: -1, top: true})
 	return nil
 }
 
@@ -227,8 +249,12 @@ type HeaderChange struct {
 
 // diff expresses the working copy against what the MTA sent, in an order
 // safe to apply: changes first, then deletions from the last occurrence
-// backwards (deleting shifts later same-name indexes), then appends.
-func (h *Header) diff() []HeaderChange {
+// backwards (deleting shifts later same-name indexes), then the fields
+// prepended at the top — insertions at index 0, last first, after the
+// changes and deletions whose per-name indexes they would shift — and
+// apart, the appends. The processor inserts its trace fields between the
+// two, so that they end up above the prepended ones.
+func (h *Header) diff() (first, appends []HeaderChange) {
 	occurrence := make([]int, len(h.sent)) // 1-based per-name index of each sent field
 	count := map[string]int{}
 	for i, f := range h.sent {
@@ -237,13 +263,17 @@ func (h *Header) diff() []HeaderChange {
 		occurrence[i] = count[k]
 	}
 	present := make([]bool, len(h.sent))
-	var changes, deletes, appends []HeaderChange
+	var changes, deletes, prepends []HeaderChange
 	for _, f := range h.fields {
 		if f.orig == origOwn {
 			continue // the processor inserts its own trace fields itself
 		}
 		if f.orig < 0 {
-			appends = append(appends, HeaderChange{Kind: AppendField, Name: f.Name, Value: f.Value})
+			if f.top {
+				prepends = append(prepends, HeaderChange{Kind: InsertField, Name: f.Name, Value: f.Value, Index: 0})
+			} else {
+				appends = append(appends, HeaderChange{Kind: AppendField, Name: f.Name, Value: f.Value})
+			}
 			continue
 		}
 		present[f.orig] = true
@@ -256,8 +286,9 @@ func (h *Header) diff() []HeaderChange {
 			deletes = append(deletes, HeaderChange{Kind: DeleteField, Name: h.sent[i].Name, Index: occurrence[i]})
 		}
 	}
-	out := append(changes, deletes...)
-	return append(out, appends...)
+	slices.Reverse(prepends)
+	first = append(changes, deletes...)
+	return append(first, prepends...), appends
 }
 
 // ApplyChanges does to fields what an MTA does with the changes: it is

@@ -426,13 +426,14 @@ func (s *Session) EndOfMessage(ctx context.Context, queueID string) *Outcome {
 	if len(FieldSystem)+2+len(sysValue) > maxLine {
 		sysValue = FoldTraceList(FieldSystem, []TraceEntry{sys})
 	}
-	changes := tx.Header.diff()
-	o.HeaderChanges = make([]HeaderChange, 0, 2+len(changes))
+	first, appends := tx.Header.diff()
+	o.HeaderChanges = make([]HeaderChange, 0, len(first)+2+len(appends))
+	o.HeaderChanges = append(o.HeaderChanges, first...)
 	o.HeaderChanges = append(o.HeaderChanges,
 		HeaderChange{Kind: InsertField, Name: FieldVia, Value: FoldTraceList(FieldVia, via), Index: 0},
 		HeaderChange{Kind: InsertField, Name: FieldSystem, Value: sysValue, Index: 0},
 	)
-	o.HeaderChanges = append(o.HeaderChanges, changes...)
+	o.HeaderChanges = append(o.HeaderChanges, appends...)
 	if tx.newBody != nil {
 		o.Body = tx.newBody.Reader()
 	}

@@ -122,8 +122,9 @@ type RemoteChanges struct {
 
 // Changes returns what the service changed.
 func (r *RemoteTransaction) Changes() RemoteChanges {
+	first, appends := r.Tx.Header.diff()
 	c := RemoteChanges{
-		Header:   r.Tx.Header.diff(),
+		Header:   append(first, appends...),
 		Sender:   r.Tx.envelope.sender,
 		AddRcpts: r.Tx.envelope.added,
 		DelRcpts: r.Tx.envelope.deleted,

@@ -47,12 +47,12 @@ func FuzzVerifyFields(f *testing.F) {
 		if want := map[bool]int{true: 1, false: 2}[forged]; len(values) != want {
 			t.Fatalf("%d Authentication-Results fields, want %d (forged=%v): %q", len(values), want, forged, values)
 		}
-		ours := values[len(values)-1]
+		ours := values[0] // prepended: the topmost
 		if !strings.HasPrefix(ours, authserv+";") {
 			t.Fatalf("our field %q", ours)
 		}
 		fields := rt.Tx.Header.Fields()
-		raw := fields[len(fields)-1].Value
+		raw := fields[0].Value
 		for i, line := range strings.Split(raw, "\r\n") {
 			if i > 0 && !strings.HasPrefix(line, "\t") {
 				t.Fatalf("line %d of %q is not a continuation", i, raw)

@@ -279,7 +279,9 @@ func (s *service) signMessage(tx *opes.Transaction) (opes.Verdict, error) {
 		return opes.Verdict{}, fmt.Errorf("dkim: sign for %s: %w", k.domain, err)
 	}
 	name, value, _ := strings.Cut(strings.TrimRight(signer.Signature(), "\r\n"), ":")
-	if err := tx.Header.Add(name, value); err != nil {
+	// At the top, like every signer does (RFC 6376 §5.6): a verifier
+	// that sees several signatures reads them in header order.
+	if err := tx.Header.Prepend(name, value); err != nil {
 		return opes.Verdict{}, fmt.Errorf("dkim: add signature: %w", err)
 	}
 	return opes.Verdict{Kind: opes.Continue, Action: "header-added"}, nil

@@ -115,7 +115,9 @@ func (s *service) verifyMessage(ctx context.Context, tx *opes.Transaction) (opes
 	if err := removeForged(tx.Header, s.authservID); err != nil {
 		return opes.Verdict{}, fmt.Errorf("dkim: remove forged %s: %w", FieldAuthResults, err)
 	}
-	if err := tx.Header.Add(FieldAuthResults, formatResults(s.authservID, results)); err != nil {
+	// Prepended, as RFC 8601 §5 asks: the results of this hop are the
+	// topmost, above those of hops the message passed before.
+	if err := tx.Header.Prepend(FieldAuthResults, formatResults(s.authservID, results)); err != nil {
 		return opes.Verdict{}, fmt.Errorf("dkim: add %s: %w", FieldAuthResults, err)
 	}
 	tagged := opes.Verdict{Kind: opes.Continue, Action: "header-added"}

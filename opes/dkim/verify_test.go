@@ -92,8 +92,9 @@ func TestVerify(t *testing.T) {
 				"Authentication-Results: mx1.example.net.evil.example; dkim=pass\r\n" +
 				baseMsg.raw(),
 			zone: zone, kind: opes.Continue, action: "header-added",
-			ar: []string{"relay.example.org; dkim=pass header.d=example.org", "mx1.example.net.evil.example; dkim=pass",
-				authserv + "; dkim=none"}},
+			// ours prepended, above the results of earlier hops (RFC 8601 §5)
+			ar: []string{authserv + "; dkim=none", "relay.example.org; dkim=pass header.d=example.org",
+				"mx1.example.net.evil.example; dkim=pass"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,7 +190,11 @@ func TestVerifyMultipleSignatures(t *testing.T) {
 			t.Errorf("signature %d: %v", i+1, v.Err)
 		}
 	}
-	bE, bR := tagValue(sigs[0], "b")[:8], tagValue(sigs[1], "b")[:8]
+	// The second signer prepended its signature: the RSA one is on top.
+	if tagValue(sigs[0], "s") != "rsa" || tagValue(sigs[1], "s") != "sel" {
+		t.Fatalf("signatures in header order: s=%s, s=%s; want the later (rsa) on top", tagValue(sigs[0], "s"), tagValue(sigs[1], "s"))
+	}
+	bR, bE := tagValue(sigs[0], "b")[:8], tagValue(sigs[1], "b")[:8]
 
 	// Break the RSA key record: that signature fails, the other passes.
 	bad := &dnsZone{records: map[string][]string{"sel._domainkey.example.org": {ke.txt}, "rsa._domainkey.example.org": {ke.txt}}}
@@ -198,15 +203,15 @@ func TestVerifyMultipleSignatures(t *testing.T) {
 	if o.Kind != opes.Continue {
 		t.Fatalf("one passing signature is enough; got %v %v", o.Kind, o.Reply)
 	}
-	want := authserv + "; dkim=pass header.b=" + bE + " header.d=example.org header.s=sel; " +
-		`dkim=permerror reason="inappropriate key algorithm" header.b=` + bR + " header.d=example.org header.s=rsa"
+	want := authserv + `; dkim=permerror reason="inappropriate key algorithm" header.b=` + bR + " header.d=example.org header.s=rsa; " +
+		"dkim=pass header.b=" + bE + " header.d=example.org header.s=sel"
 	if ar := fieldValues(got, FieldAuthResults); !slices.Equal(ar, []string{want}) {
 		t.Errorf("Authentication-Results:\n got %q\nwant %q", ar, []string{want})
 	}
 
 	// max_signatures = 1: only the first (top) signature is verified.
 	o, got = run(t, next, newService(t, verifyOptions("max_signatures = 1"), zone))
-	if ar := fieldValues(got, FieldAuthResults); o.Kind != opes.Continue || len(ar) != 1 || strings.Count(ar[0], "dkim=") != 1 || !strings.Contains(ar[0], "header.b="+bE) {
+	if ar := fieldValues(got, FieldAuthResults); o.Kind != opes.Continue || len(ar) != 1 || strings.Count(ar[0], "dkim=") != 1 || !strings.Contains(ar[0], "header.b="+bR) {
 		t.Errorf("max_signatures = 1: %v %q", o.Kind, ar)
 	}
 }

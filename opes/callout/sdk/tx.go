@@ -26,8 +26,8 @@ type serverTx struct {
 	// verdict is the last answer that was not "continue", for Metrics.
 	verdict opes.VerdictKind
 	ended   bool // the service answered the whole message
-	m   *Message
-	tx  Tx
+	m       *Message
+	tx      Tx
 
 	org, adp uint32
 	amsSent  bool
