@@ -28,6 +28,12 @@ type txState struct {
 
 	err      error // sticky: the OCP transaction failed
 	finished bool  // the OCP transaction ended normally
+	// replay: the transaction was restarted on another connection after
+	// the first one was lost; parts of stages before replayStage (and
+	// recipients before replayRcpt) were decided already.
+	replayed    bool
+	replayStage opes.Stage
+	replayRcpt  *opes.Recipient
 	org      uint32
 	adp      uint32
 	// Preservation (RFC 4037 §7): the processor keeps all original data
@@ -55,7 +61,10 @@ type txState struct {
 }
 
 type expectation struct {
-	part string
+	// replayed: the part was decided on the connection that was lost;
+	// the answer of the server it was replayed to is not a new decision.
+	replayed bool
+	part     string
 	rcpt *opes.Recipient // for RCPT
 	off  uint32          // original range of the part
 	size uint32
@@ -113,6 +122,14 @@ func (t *txState) step(ctx context.Context, st opes.Stage, rcpt *opes.Recipient)
 	ctx, cancel := context.WithTimeout(ctx, t.s.cfg.Timeout)
 	defer cancel()
 	v, err := t.run(ctx, st, rcpt)
+	if err != nil && t.replayable(err) {
+		t.s.log.Warn("callout: connection lost in a transaction; replaying it on the next connection",
+			"service", t.s.cfg.Service, "server", t.srv.addr, "stage", st.String(), "err", err)
+		t.ot.End(ocp.Failure("connection lost"))
+		t.srv.failed(err)
+		t.restart(st, rcpt)
+		v, err = t.run(ctx, st, rcpt)
+	}
 	if err != nil {
 		reason := "processing failed"
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -134,6 +151,51 @@ func (t *txState) step(ctx context.Context, st opes.Stage, rcpt *opes.Recipient)
 		t.srv.succeeded()
 	}
 	return v, nil
+}
+
+// replayable reports whether the transaction can start again on another
+// connection after err: once, when the connection it ran on was lost —
+// not when the server answered, refused or broke the protocol, and not
+// after a deadline (a second try would overrun the MTA's own timeout).
+func (t *txState) replayable(err error) bool {
+	if t.replayed || t.ot == nil || t.finished {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, ErrInvalidAnswer) {
+		return false
+	}
+	var txErr *ocp.TxError
+	if errors.As(err, &txErr) {
+		return false // the server ended the transaction: its answer
+	}
+	return !t.c.c.Usable()
+}
+
+// restart forgets the lost OCP transaction. The next fetch begins a new
+// one (on the first server that works) and sends every part again; the
+// answers to parts decided before stage st are not decisions again.
+func (t *txState) restart(st opes.Stage, rcpt *opes.Recipient) {
+	if t.body != nil {
+		_ = t.body.Close()
+	}
+	*t = txState{s: t.s, tx: t.tx, replayed: true, replayStage: st, replayRcpt: rcpt}
+}
+
+// partStage is the stage at which a part is decided.
+func partStage(part string) opes.Stage {
+	switch part {
+	case ocp.PartConnect:
+		return opes.StageConnect
+	case ocp.PartHelo:
+		return opes.StageHelo
+	case ocp.PartMail:
+		return opes.StageMail
+	case ocp.PartRcpt:
+		return opes.StageRcpt
+	case ocp.PartHeaders:
+		return opes.StageHeaders
+	}
+	return opes.StageEOM
 }
 
 // prefetched is what Prefetch fetched for the hook of one stage.
@@ -310,6 +372,10 @@ func (t *txState) send(ctx context.Context, e expectation, payload []byte, param
 	}
 	t.org += e.size
 	if answered {
+		if t.replayed {
+			ps := partStage(e.part)
+			e.replayed = ps < t.replayStage || (ps == opes.StageRcpt && t.replayStage == opes.StageRcpt && e.rcpt != t.replayRcpt)
+		}
 		t.expect = append(t.expect, e)
 	}
 	return nil
@@ -459,6 +525,13 @@ func (t *txState) collect(ctx context.Context, st opes.Stage, rcpt *opes.Recipie
 			av, err := t.answer(a)
 			if err != nil {
 				return v, err
+			}
+			if a.e.replayed {
+				if av.Kind != opes.Continue {
+					t.s.log.Warn("callout: the server a transaction was replayed to decides an earlier part otherwise; the decision made stays",
+						"service", t.s.cfg.Service, "server", t.srv.addr, "part", a.e.part, "verdict", av.Kind.String())
+				}
+				continue
 			}
 			if a.e.part == ocp.PartRcpt && a.e.rcpt != rcpt {
 				continue // an earlier recipient's answer cannot refuse this one

@@ -1,0 +1,185 @@
+package callout
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opesmilter/opes-milter/opes"
+	"github.com/opesmilter/opes-milter/opes/callout/sdk"
+	"github.com/opesmilter/opes-milter/opes/ocp"
+)
+
+// hopService decides MAIL and RCPT and tags the message with its name at
+// the end. onRcpt, when set, runs when a RCPT arrives (before answering).
+type hopService struct {
+	name   string
+	mail   opes.VerdictKind // the answer to MAIL
+	onRcpt func(ctx context.Context)
+
+	mu    sync.Mutex
+	rcpts []string
+}
+
+func (h *hopService) Parts() sdk.Parts {
+	return sdk.Parts{Decide: []string{ocp.PartMail, ocp.PartRcpt}, Read: []string{ocp.PartHeaders, ocp.PartBody}}
+}
+func (h *hopService) Begin(*sdk.Message) sdk.Tx { return &hopTx{h: h} }
+
+type hopTx struct{ h *hopService }
+
+func (t *hopTx) Decide(ctx context.Context, part string, r *opes.Recipient) (sdk.Answer, error) {
+	switch part {
+	case ocp.PartMail:
+		if t.h.mail != opes.Continue {
+			return sdk.Answer{Verdict: opes.Verdict{Kind: t.h.mail, Reason: "changed its mind"}}, nil
+		}
+	case ocp.PartRcpt:
+		t.h.mu.Lock()
+		t.h.rcpts = append(t.h.rcpts, r.Addr)
+		t.h.mu.Unlock()
+		if t.h.onRcpt != nil {
+			t.h.onRcpt(ctx)
+		}
+	}
+	return sdk.Answer{}, nil
+}
+
+func (t *hopTx) End(context.Context) (sdk.Answer, error) {
+	return sdk.Answer{Header: []opes.HeaderChange{{Kind: opes.AppendField, Name: "X-Served-By", Value: t.h.name}}}, nil
+}
+func (t *hopTx) Close() {}
+
+func (h *hopService) seen() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.rcpts...)
+}
+
+// serveUntil serves svc behind a proxy until stop is called; stopping
+// cuts every open connection at once, without OCP's CE: a callout server
+// that crashed or a network path that broke.
+func serveUntil(t *testing.T, svc sdk.Service) (addr string, stop func()) {
+	t.Helper()
+	backend := startSDK(t, svc, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	stopped := false
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			mu.Lock()
+			if stopped {
+				mu.Unlock()
+				_ = c.Close()
+				_ = b.Close()
+				continue
+			}
+			conns = append(conns, c, b)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(b, c); _ = b.Close() }()
+			go func() { _, _ = io.Copy(c, b); _ = c.Close() }()
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = ln.Close()
+			mu.Lock()
+			stopped = true
+			for _, c := range conns {
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // reset, as a crash does
+				}
+				_ = c.Close()
+			}
+			mu.Unlock()
+		})
+	}
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+// A callout server lost in the middle of a transaction: the transaction
+// starts again on the next server with every part sent so far, the
+// message is delivered with that server's changes, and what was decided
+// before the loss stays decided even though the second server answers an
+// earlier part otherwise.
+func TestTransactionReplayedOnNextServer(t *testing.T) {
+	b := &hopService{name: "b", mail: opes.Reject}
+	addrB, _ := serveUntil(t, b)
+	var stopA func()
+	a := &hopService{name: "a", mail: opes.Continue}
+	a.onRcpt = func(ctx context.Context) {
+		stopA() // the connection breaks while the server works on RCPT
+		<-ctx.Done()
+	}
+	addrA, stop := serveUntil(t, a)
+	stopA = stop
+
+	svc := newCallout(t, fmt.Sprintf("servers = [%q, %q]\nservice = \"svc\"\nstages = [\"mail\", \"rcpt\", \"eom\"]\ntimeout = \"5s\"\n", addrA, addrB))
+	proc := newProcessor(t, spec("hop", svc))
+	m := plainMessage
+	o, rcpts := runMessage(t, proc, m)
+	if len(rcpts) != 1 || rcpts[0].Kind != opes.Continue {
+		t.Fatalf("RCPT outcome %+v", rcpts)
+	}
+	if o.Kind != opes.Continue {
+		t.Fatalf("outcome %v %v, want the message delivered", o.Kind, o.Reply)
+	}
+	got := delivered(m, o)
+	if !strings.Contains(got, "X-Served-By: b") || strings.Contains(got, "X-Served-By: a") {
+		t.Errorf("delivered header:\n%s\nwant the changes of server b only", got)
+	}
+	if s := a.seen(); len(s) != 1 {
+		t.Errorf("server a saw recipients %q", s)
+	}
+	if s := b.seen(); len(s) != 1 || s[0] != "bob@example.net" {
+		t.Errorf("server b saw recipients %q, want the replayed one", s)
+	}
+}
+
+// A transaction is replayed once: when the second connection is lost as
+// well, the service fails and the processor's failure policy applies.
+func TestReplayedOnce(t *testing.T) {
+	var stops []func()
+	mk := func() string {
+		h := &hopService{name: "x", mail: opes.Continue}
+		i := len(stops)
+		h.onRcpt = func(ctx context.Context) {
+			stops[i]()
+			<-ctx.Done()
+		}
+		addr, stop := serveUntil(t, h)
+		stops = append(stops, stop)
+		return addr
+	}
+	a1, a2 := mk(), mk()
+	svc := newCallout(t, fmt.Sprintf("servers = [%q, %q]\nservice = \"svc\"\nstages = [\"mail\", \"rcpt\", \"eom\"]\ntimeout = \"5s\"\n", a1, a2))
+	proc := newProcessor(t, spec("hop", svc))
+	start := time.Now()
+	_, rcpts := runMessage(t, proc, plainMessage)
+	if len(rcpts) != 1 || rcpts[0].Kind != opes.TempFail {
+		t.Fatalf("RCPT outcome %+v, want a tempfail (service failed twice)", *rcpts[0])
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Errorf("took %s: a lost connection must fail fast, not wait for the deadline", time.Since(start))
+	}
+}
