@@ -34,8 +34,8 @@ type txState struct {
 	replayed    bool
 	replayStage opes.Stage
 	replayRcpt  *opes.Recipient
-	org      uint32
-	adp      uint32
+	org         uint32
+	adp         uint32
 	// Preservation (RFC 4037 §7): the processor keeps all original data
 	// of the transaction (it has the whole message), announced as Kept;
 	// a DPI narrows what the server may refer to with DUY.
@@ -65,10 +65,10 @@ type expectation struct {
 	// the answer of the server it was replayed to is not a new decision.
 	replayed bool
 	part     string
-	rcpt *opes.Recipient // for RCPT
-	off  uint32          // original range of the part
-	size uint32
-	orig string // MAIL/RCPT address as sent
+	rcpt     *opes.Recipient // for RCPT
+	off      uint32          // original range of the part
+	size     uint32
+	orig     string // MAIL/RCPT address as sent
 }
 
 type rcptOp struct {
