@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-message"
 
@@ -392,5 +393,32 @@ func TestHeaderPrepend(t *testing.T) {
 	}, "\n")
 	if got != want {
 		t.Errorf("delivered header:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// closingService counts Close calls.
+type closingService struct {
+	hookService
+	closed chan struct{}
+}
+
+func (c *closingService) Close() { close(c.closed) }
+
+// Retire closes the services that hold resources, after the delay, and
+// leaves the others alone.
+func TestRetire(t *testing.T) {
+	c := &closingService{closed: make(chan struct{})}
+	specs := []*ServiceSpec{spec("pool", c), spec("plain", &hookService{})}
+	start := time.Now()
+	if n := Retire(specs, 50*time.Millisecond); n != 1 {
+		t.Fatalf("Retire will close %d services, want 1", n)
+	}
+	select {
+	case <-c.closed:
+		if took := time.Since(start); took < 50*time.Millisecond {
+			t.Errorf("closed after %v, before the delay", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the service was not closed")
 	}
 }

@@ -1,6 +1,9 @@
 package opes
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Service is the implementation of one configured OPES service. One value
 // serves every transaction; per-message state lives in the ServiceTx it
@@ -115,4 +118,30 @@ func (s *ServiceSpec) onError() OnError {
 		return OnErrorTempFail
 	}
 	return OnErrorContinue
+}
+
+// RetireAfter is how long the services of a replaced policy keep their
+// resources: longer than the MTA's end-of-message milter timeout, so that
+// transactions that started with them finish.
+const RetireAfter = 6 * time.Minute
+
+// Retire closes, after d, the services of a replaced policy that hold
+// resources (the connection pools of callout and ICAP services: those
+// with a Close method). It returns how many will be closed.
+func Retire(services []*ServiceSpec, d time.Duration) int {
+	type closer interface{ Close() }
+	var closers []closer
+	for _, s := range services {
+		if c, ok := s.Impl.(closer); ok {
+			closers = append(closers, c)
+		}
+	}
+	if len(closers) > 0 {
+		time.AfterFunc(d, func() {
+			for _, c := range closers {
+				c.Close()
+			}
+		})
+	}
+	return len(closers)
 }

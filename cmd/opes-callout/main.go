@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/internal/metrics"
+	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/callout/sdk"
 	"github.com/opesmilter/opes-milter/policy"
 )
@@ -212,29 +213,12 @@ func serveMetrics(addr string, m *metrics.Callout, log *slog.Logger) (func(), er
 	return func() { _ = hs.Close() }, nil
 }
 
-// retireAfter is how long replaced services keep their resources:
-// transactions that started with them finish first.
-const retireAfter = 6 * time.Minute
-
-// retire closes the resources of replaced services (connection pools)
+// retire releases the resources of replaced services (connection pools)
 // once the transactions that may use them are over.
 func retire(old *policy.Config, log *slog.Logger) {
-	type closer interface{ Close() }
-	var closers []closer
-	for _, s := range old.Policy.Services {
-		if c, ok := s.Impl.(closer); ok {
-			closers = append(closers, c)
-		}
+	if n := opes.Retire(old.Policy.Services, opes.RetireAfter); n > 0 {
+		log.Debug("opes-callout: retiring the replaced services", "services", n, "after", opes.RetireAfter.String())
 	}
-	if len(closers) == 0 {
-		return
-	}
-	log.Debug("opes-callout: retiring the replaced services", "services", len(closers), "after", retireAfter.String())
-	time.AfterFunc(retireAfter, func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	})
 }
 
 func tlsConfig(cert, key, clientCA string) (*tls.Config, error) {

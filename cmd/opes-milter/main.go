@@ -308,33 +308,15 @@ func reload(srv *milter.Server, path, listen string, old *policy.Config, deps bu
 	return err
 }
 
-// retireAfter is how long a replaced policy's services keep their
-// resources (callout connection pools): longer than the MTA's end-of-message
-// milter timeout, so sessions that started under the old policy finish.
-const retireAfter = 6 * time.Minute
-
 // retire releases the resources of a replaced policy's services once the
 // sessions that may still use them are over.
 func retire(old *opes.Processor, log *slog.Logger) {
 	if old == nil {
 		return
 	}
-	type closer interface{ Close() } // callout and ICAP connection pools
-	var closers []closer
-	for _, s := range old.Policy().Services {
-		if c, ok := s.Impl.(closer); ok {
-			closers = append(closers, c)
-		}
+	if n := opes.Retire(old.Policy().Services, opes.RetireAfter); n > 0 {
+		log.Debug("opes-milter: retiring the replaced policy's services", "services", n, "after", opes.RetireAfter.String())
 	}
-	if len(closers) == 0 {
-		return
-	}
-	log.Debug("opes-milter: retiring the replaced policy's services", "services", len(closers), "after", retireAfter.String())
-	time.AfterFunc(retireAfter, func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	})
 }
 
 // withAttachments serves the links service's stored attachments

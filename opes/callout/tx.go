@@ -181,19 +181,13 @@ func (t *txState) restart(st opes.Stage, rcpt *opes.Recipient) {
 	*t = txState{s: t.s, tx: t.tx, replayed: true, replayStage: st, replayRcpt: rcpt}
 }
 
-// partStage is the stage at which a part is decided.
+// partStage is the stage at which a part is decided: the inverse of
+// stageParts; the size and the body belong to the end of the message.
 func partStage(part string) opes.Stage {
-	switch part {
-	case ocp.PartConnect:
-		return opes.StageConnect
-	case ocp.PartHelo:
-		return opes.StageHelo
-	case ocp.PartMail:
-		return opes.StageMail
-	case ocp.PartRcpt:
-		return opes.StageRcpt
-	case ocp.PartHeaders:
-		return opes.StageHeaders
+	for st, p := range stageParts {
+		if p == part {
+			return st
+		}
 	}
 	return opes.StageEOM
 }
