@@ -25,14 +25,20 @@ func (h *Header) MessageFields() []HeaderField {
 }
 
 // ApplyChange applies one change a callout server returned to the
-// working header: AppendField adds a field at the end, ChangeField and
+// working header: AppendField adds a field at the end, InsertField at
+// index 0 puts one at the top as Prepend does, ChangeField and
 // DeleteField act on the Index-th (1-based) field named Name among
 // MessageFields. Names and values are checked as Add checks them.
-// InsertField is refused: only the processor inserts (its trace fields).
+// Insertion anywhere else is refused.
 func (h *Header) ApplyChange(c HeaderChange) error {
 	switch c.Kind {
 	case AppendField:
 		return h.Add(c.Name, c.Value)
+	case InsertField:
+		if c.Index != 0 {
+			return fmt.Errorf("opes: insertion at index %d: services insert at the top only", c.Index)
+		}
+		return h.Prepend(c.Name, c.Value)
 	case ChangeField, DeleteField:
 		if err := checkFieldName(c.Name); err != nil {
 			return err

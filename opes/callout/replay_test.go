@@ -183,3 +183,59 @@ func TestReplayedOnce(t *testing.T) {
 		t.Errorf("took %s: a lost connection must fail fast, not wait for the deadline", time.Since(start))
 	}
 }
+
+// A hosted service that puts fields at the top gives the same delivered
+// header through a callout as in process (Prepend-Header), with a
+// same-name deletion and an appended field around them.
+func TestPrependedFieldsLocalAndRemote(t *testing.T) {
+	svc := &prepender{}
+	addr := startSDK(t, sdk.Host(svc, opes.BodyOptions{}, nil), nil)
+	remote := newCallout(t, fmt.Sprintf("servers = [%q]\nservice = \"svc\"\nstages = [\"eom\"]\ntimeout = \"5s\"\n", addr))
+	m := plainMessage
+	m.header = append([][2]string{{"Authentication-Results", " mx1.example.net; dkim=pass (forged)"}}, m.header...)
+	lo, _ := runMessage(t, newProcessor(t, spec("p", svc)), m)
+	ro, _ := runMessage(t, newProcessor(t, spec("p", remote)), m)
+	local, got := delivered(m, lo), delivered(m, ro)
+	if got != local {
+		t.Errorf("through the callout:\n%s\nin process:\n%s", got, local)
+	}
+	if !strings.Contains(local, "DKIM-Signature: v=1\r\nAuthentication-Results: mx1.example.net; dkim=none\r\nAuthentication-Results: relay") {
+		t.Errorf("prepended fields not at the top in order:\n%s", local)
+	}
+}
+
+// prepender deletes the forged Authentication-Results, prepends two
+// fields (the later above) and appends one.
+type prepender struct{}
+
+func (prepender) Needs() opes.Needs {
+	return opes.Needs{Stages: opes.StagesOf(opes.StageEOM), Headers: true}
+}
+func (prepender) Begin(tx *opes.Transaction) opes.ServiceTx { return &prependerTx{tx: tx} }
+
+type prependerTx struct {
+	opes.BaseTx
+	tx *opes.Transaction
+}
+
+func (p *prependerTx) EndOfMessage(context.Context) (opes.Verdict, error) {
+	h := p.tx.Header
+	if _, err := h.DelAt("Authentication-Results", 1); err != nil {
+		return opes.Verdict{}, err
+	}
+	for _, f := range [][3]string{
+		{"p", "Authentication-Results", "relay.example.org; spf=pass"},
+		{"p", "Authentication-Results", "mx1.example.net; dkim=none"},
+		{"p", "DKIM-Signature", "v=1"},
+		{"a", "X-Tag", "1"},
+	} {
+		add := h.Add
+		if f[0] == "p" {
+			add = h.Prepend
+		}
+		if err := add(f[1], f[2]); err != nil {
+			return opes.Verdict{}, err
+		}
+	}
+	return opes.Verdict{Kind: opes.Continue, Action: "modified"}, nil
+}

@@ -182,18 +182,40 @@ func headerChanges(d *ocp.Decision) ([]opes.HeaderChange, []string, error) {
 		}
 		out = append(out, opes.HeaderChange{Kind: opes.DeleteField, Name: e.Name, Index: e.Index})
 	}
-	for _, line := range d.AddHeader {
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || name == "" {
-			return nil, nil, invalid("Add-Header %q is not \"Name: value\"", trunc(line))
+	// Prepend-Header lists the fields top first; each insertion goes above
+	// the one before, so they are applied bottom first.
+	for i := len(d.PrependHeader) - 1; i >= 0; i-- {
+		c, err := addedField(ocp.ParamPrependHeader, d.PrependHeader[i], opes.InsertField)
+		if err != nil {
+			return nil, nil, err
 		}
-		if trace(name) {
-			dropped = append(dropped, name)
+		if trace(c.Name) {
+			dropped = append(dropped, c.Name)
 			continue
 		}
-		out = append(out, opes.HeaderChange{Kind: opes.AppendField, Name: name, Value: strings.TrimLeft(value, " \t")})
+		out = append(out, c)
+	}
+	for _, line := range d.AddHeader {
+		c, err := addedField(ocp.ParamAddHeader, line, opes.AppendField)
+		if err != nil {
+			return nil, nil, err
+		}
+		if trace(c.Name) {
+			dropped = append(dropped, c.Name)
+			continue
+		}
+		out = append(out, c)
 	}
 	return out, dropped, nil
+}
+
+// addedField reads one "Name: value" of Add-Header or Prepend-Header.
+func addedField(param, line string, kind opes.HeaderChangeKind) (opes.HeaderChange, error) {
+	name, value, ok := strings.Cut(line, ":")
+	if !ok || name == "" {
+		return opes.HeaderChange{}, invalid("%s %q is not \"Name: value\"", param, trunc(line))
+	}
+	return opes.HeaderChange{Kind: kind, Name: name, Value: strings.TrimLeft(value, " \t")}, nil
 }
 
 // checkAddr is the processor's envelope address check, done when the

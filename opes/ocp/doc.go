@@ -31,7 +31,8 @@
 // with DUY (unchanged, referring to data the processor announced as
 // Kept) or DUM (a new MAIL/RCPT value, or an SMTP-Error with an empty
 // payload), and the whole message on its AME: SMTP-Error, Advice,
-// Reason, Reply-Text, Action, Status, Add-Header, Change-Header,
+// Reason, Reply-Text, Action, Status, Add-Header, Prepend-Header (our
+// extension: fields for the top of the header, top first), Change-Header,
 // Delete-Header and OPES-Via; changed MAIL, RCPT (Rcpt-Op add|delete)
 // and BODY travel as DUMs just before that AME.
 //

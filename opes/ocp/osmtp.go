@@ -38,19 +38,23 @@ const (
 	ParamAllow       = "Allow"             // AMS from the processor: answers it accepts
 	ParamAMPart      = "AM-Part"           // on every DUM (and DUY) of the profile
 	ParamKept        = "Kept"
-	ParamSMTPError   = "SMTP-Error"    // proposed reply "ddd x.y.z text"; never on DUY
-	ParamAdvice      = "Advice"        // AdviceXxx
-	ParamReason      = "Reason"        // short text for logs and quarantine
-	ParamReplyText   = "Reply-Text"    // human reply text for Advice reject or tempfail
-	ParamAction      = "Action"        // trace action token (PROFILE §2)
-	ParamStatus      = "Status"        // trace status token
-	ParamAddHeader   = "Add-Header"    // list of "Name: value"
-	ParamChgHeader   = "Change-Header" // list of {name index value}
-	ParamDelHeader   = "Delete-Header" // list of {name index}
-	ParamRcptOp      = "Rcpt-Op"       // on an adapted RCPT after AME: add | delete
-	ParamVia         = "OPES-Via"      // on AME: trace entries of the callout's agents
-	ParamESMTP       = "ESMTP"         // on MAIL/RCPT: list of ESMTP parameters
-	ParamRefused     = "Refused"       // on RCPT: refused at RCPT by the processor
+	ParamSMTPError   = "SMTP-Error" // proposed reply "ddd x.y.z text"; never on DUY
+	ParamAdvice      = "Advice"     // AdviceXxx
+	ParamReason      = "Reason"     // short text for logs and quarantine
+	ParamReplyText   = "Reply-Text" // human reply text for Advice reject or tempfail
+	ParamAction      = "Action"     // trace action token (PROFILE §2)
+	ParamStatus      = "Status"     // trace status token
+	ParamAddHeader   = "Add-Header" // list of "Name: value"
+	// ParamPrependHeader lists "Name: value" fields to put at the top of
+	// the header (below the processor's trace), top first: an extension
+	// of the profile for fields such as Authentication-Results.
+	ParamPrependHeader = "Prepend-Header"
+	ParamChgHeader     = "Change-Header" // list of {name index value}
+	ParamDelHeader     = "Delete-Header" // list of {name index}
+	ParamRcptOp        = "Rcpt-Op"       // on an adapted RCPT after AME: add | delete
+	ParamVia           = "OPES-Via"      // on AME: trace entries of the callout's agents
+	ParamESMTP         = "ESMTP"         // on MAIL/RCPT: list of ESMTP parameters
+	ParamRefused       = "Refused"       // on RCPT: refused at RCPT by the processor
 )
 
 // Advice values.
@@ -64,7 +68,7 @@ const (
 )
 
 // Allowed lists the answers a processor accepts (draft §3.4 Allow).
-var Allowed = List{Atom(ParamSMTPError), Atom(ParamAdvice), Atom(ParamAddHeader), Atom(ParamChgHeader), Atom(ParamDelHeader)}
+var Allowed = List{Atom(ParamSMTPError), Atom(ParamAdvice), Atom(ParamAddHeader), Atom(ParamPrependHeader), Atom(ParamChgHeader), Atom(ParamDelHeader)}
 
 // Profile is the negotiated content of the OSMTP feature.
 type Profile struct {
@@ -184,15 +188,17 @@ type Decision struct {
 	Action    string
 	Status    string
 	AddHeader []string // "Name: value" (AME only)
-	Change    []HeaderEdit
-	Delete    []HeaderEdit
-	Via       []string // trace entries (AME only)
+	// PrependHeader: "Name: value" fields for the top, top first (AME only).
+	PrependHeader []string
+	Change        []HeaderEdit
+	Delete        []HeaderEdit
+	Via           []string // trace entries (AME only)
 }
 
 // Empty reports whether the decision says nothing.
 func (d *Decision) Empty() bool {
 	return d.SMTPError == "" && d.Advice == "" && d.Reason == "" && d.ReplyText == "" && d.Action == "" && d.Status == "" &&
-		len(d.AddHeader) == 0 && len(d.Change) == 0 && len(d.Delete) == 0 && len(d.Via) == 0
+		len(d.AddHeader) == 0 && len(d.PrependHeader) == 0 && len(d.Change) == 0 && len(d.Delete) == 0 && len(d.Via) == 0
 }
 
 // AddTo appends the decision's parameters to m.
@@ -204,6 +210,9 @@ func (d *Decision) AddTo(m *Message) *Message {
 	}
 	if len(d.AddHeader) > 0 {
 		m.With(ParamAddHeader, atoms(d.AddHeader))
+	}
+	if len(d.PrependHeader) > 0 {
+		m.With(ParamPrependHeader, atoms(d.PrependHeader))
 	}
 	if len(d.Change) > 0 {
 		l := List{}
@@ -251,6 +260,9 @@ func ParseDecision(m *Message) (*Decision, error) {
 	}
 	var err error
 	if d.AddHeader, err = atomList(m, ParamAddHeader); err != nil {
+		return nil, err
+	}
+	if d.PrependHeader, err = atomList(m, ParamPrependHeader); err != nil {
 		return nil, err
 	}
 	if d.Via, err = atomList(m, ParamVia); err != nil {

@@ -377,7 +377,11 @@ func (t *serverTx) sendEnd(ctx context.Context, a Answer) error {
 	d := decisionOf(a.Verdict)
 	for _, c := range a.Header {
 		switch c.Kind {
-		case opes.AppendField, opes.InsertField:
+		case opes.InsertField:
+			// Insertions at the top come bottom first (each goes above the
+			// one before); Prepend-Header lists them top first.
+			d.PrependHeader = append([]string{c.Name + ": " + c.Value}, d.PrependHeader...)
+		case opes.AppendField:
 			d.AddHeader = append(d.AddHeader, c.Name+": "+c.Value)
 		case opes.ChangeField:
 			d.Change = append(d.Change, ocp.HeaderEdit{Name: c.Name, Index: c.Index, Value: c.Value})
