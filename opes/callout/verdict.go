@@ -3,6 +3,7 @@ package callout
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -182,29 +183,29 @@ func headerChanges(d *ocp.Decision) ([]opes.HeaderChange, []string, error) {
 		}
 		out = append(out, opes.HeaderChange{Kind: opes.DeleteField, Name: e.Name, Index: e.Index})
 	}
+	added := func(param string, lines []string, kind opes.HeaderChangeKind) error {
+		for _, line := range lines {
+			c, err := addedField(param, line, kind)
+			if err != nil {
+				return err
+			}
+			if trace(c.Name) {
+				dropped = append(dropped, c.Name)
+				continue
+			}
+			out = append(out, c)
+		}
+		return nil
+	}
 	// Prepend-Header lists the fields top first; each insertion goes above
 	// the one before, so they are applied bottom first.
-	for i := len(d.PrependHeader) - 1; i >= 0; i-- {
-		c, err := addedField(ocp.ParamPrependHeader, d.PrependHeader[i], opes.InsertField)
-		if err != nil {
-			return nil, nil, err
-		}
-		if trace(c.Name) {
-			dropped = append(dropped, c.Name)
-			continue
-		}
-		out = append(out, c)
+	prepends := slices.Clone(d.PrependHeader)
+	slices.Reverse(prepends)
+	if err := added(ocp.ParamPrependHeader, prepends, opes.InsertField); err != nil {
+		return nil, nil, err
 	}
-	for _, line := range d.AddHeader {
-		c, err := addedField(ocp.ParamAddHeader, line, opes.AppendField)
-		if err != nil {
-			return nil, nil, err
-		}
-		if trace(c.Name) {
-			dropped = append(dropped, c.Name)
-			continue
-		}
-		out = append(out, c)
+	if err := added(ocp.ParamAddHeader, d.AddHeader, opes.AppendField); err != nil {
+		return nil, nil, err
 	}
 	return out, dropped, nil
 }
