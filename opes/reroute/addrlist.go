@@ -87,33 +87,20 @@ type span struct{ start, end int }
 func splitItems(v string) ([]span, error) {
 	var items []span
 	start := 0
-	inQuote, inLiteral, inGroup := false, false, false
-	comment, angle := 0, 0
+	var q quoting
+	inLiteral, inGroup := false, false
+	angle := 0
 	for i := 0; i < len(v); i++ {
 		c := v[i]
+		if inLiteral {
+			inLiteral = c != ']'
+			continue
+		}
+		var quoted bool
+		if i, quoted = q.step(v, i); quoted {
+			continue
+		}
 		switch {
-		case inQuote:
-			if c == '\\' {
-				i++
-			} else if c == '"' {
-				inQuote = false
-			}
-		case comment > 0:
-			if c == '\\' {
-				i++
-			} else if c == '(' {
-				comment++
-			} else if c == ')' {
-				comment--
-			}
-		case inLiteral:
-			if c == ']' {
-				inLiteral = false
-			}
-		case c == '"':
-			inQuote = true
-		case c == '(':
-			comment = 1
 		case c == '[':
 			inLiteral = true
 		case c == '<':
@@ -142,9 +129,9 @@ func splitItems(v string) ([]span, error) {
 		}
 	}
 	switch {
-	case inQuote:
+	case q.inQuote:
 		return nil, errors.New("unterminated quoted string")
-	case comment > 0:
+	case q.comment > 0:
 		return nil, errors.New("unterminated comment")
 	case inLiteral:
 		return nil, errors.New("unterminated domain literal")
@@ -160,28 +147,13 @@ func splitItems(v string) ([]span, error) {
 // and comments.
 func angleAddr(item string) (lt, gt int, ok bool) {
 	lt = -1
-	inQuote, comment := false, 0
+	var q quoting
 	for i := 0; i < len(item); i++ {
-		c := item[i]
-		switch {
-		case inQuote:
-			if c == '\\' {
-				i++
-			} else if c == '"' {
-				inQuote = false
-			}
-		case comment > 0:
-			if c == '\\' {
-				i++
-			} else if c == '(' {
-				comment++
-			} else if c == ')' {
-				comment--
-			}
-		case c == '"':
-			inQuote = true
-		case c == '(':
-			comment = 1
+		var quoted bool
+		if i, quoted = q.step(item, i); quoted {
+			continue
+		}
+		switch c := item[i]; {
 		case c == '<' && lt < 0:
 			lt = i
 		case c == '>' && lt >= 0:
@@ -189,6 +161,43 @@ func angleAddr(item string) (lt, gt int, ok bool) {
 		}
 	}
 	return 0, 0, false
+}
+
+// quoting follows quoted strings and (nested) comments while a scanner
+// walks a header value byte by byte.
+type quoting struct {
+	inQuote bool
+	comment int
+}
+
+// step consumes v[i] when it is inside a quoted string or a comment, or
+// opens one, and then reports true with the index of the last byte it
+// consumed (a backslash takes the byte after it along).
+func (q *quoting) step(v string, i int) (int, bool) {
+	c := v[i]
+	switch {
+	case q.inQuote:
+		if c == '\\' {
+			i++
+		} else if c == '"' {
+			q.inQuote = false
+		}
+	case q.comment > 0:
+		if c == '\\' {
+			i++
+		} else if c == '(' {
+			q.comment++
+		} else if c == ')' {
+			q.comment--
+		}
+	case c == '"':
+		q.inQuote = true
+	case c == '(':
+		q.comment = 1
+	default:
+		return i, false
+	}
+	return i, true
 }
 
 func unfoldText(s string) string {
