@@ -1,9 +1,11 @@
 // Package e2e measures mail throughput end to end through a real Postfix:
 // Postfix's smtp-source injects into a private Postfix instance that
 // relays to smtp-sink, once without a milter, once with opes-milter on
-// the embedded trace-only policy (unix socket and TCP), and once with the
-// null milter of bench/cmd/nullmilter (end of message only) as the floor
-// of any milter. It reuses the instances of the integration harness.
+// the embedded trace-only policy (unix socket, unix socket with
+// GOMAXPROCS=1, TCP), and once with the null milter of bench/cmd/nullmilter
+// (end of message only) as the floor of any milter. It reuses the Postfix
+// and sink of the integration harness and starts the milters itself, to
+// read their CPU time and context switches from /proc.
 //
 //	go test ./bench/e2e -run '^$' -bench EndToEnd -benchtime 3x
 //
@@ -14,12 +16,16 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +45,11 @@ type Figures struct {
 	// every process below it, reaped ones included) per message: what
 	// speaking the milter protocol costs the MTA itself.
 	PostfixCPUPerMsgMs float64 `json:"postfix_cpu_ms_per_msg"`
+	// SwitchesPerMsg is the milter's context switches per message, and
+	// SystemShare the part of its CPU spent in the kernel: together they
+	// show what a light milter's time goes to (waking up per packet).
+	SwitchesPerMsg float64 `json:"milter_switches_per_msg"`
+	SystemShare    float64 `json:"milter_system_share"`
 }
 
 // binary returns the prebuilt binary named by env, or builds pkg.
@@ -55,63 +66,57 @@ func binary(b *testing.B, env, pkg string) string {
 	return out
 }
 
-// nullMilter starts the null milter on a unix socket that smtpd (user
-// postfix) may write; it returns the Postfix milter spec and the pid.
-func nullMilter(b *testing.B, bin string) (string, int) {
-	sock := filepath.Join(integration.TempDir(b), "null.sock")
-	cmd := exec.Command(bin, "-unix", sock)
+// startMilter runs a milter binary for the benchmark and waits until it
+// accepts connections on addr ("unix:PATH" or "inet:HOST:PORT", Postfix's
+// syntax); env is added to the benchmark's environment. It returns the
+// pid.
+func startMilter(b *testing.B, bin, addr string, env []string, args ...string) int {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		b.Fatalf("start nullmilter: %v", err)
+		b.Fatalf("start %s: %v", bin, err)
 	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	})
-	for i := 0; i < 500; i++ {
-		if fi, err := os.Stat(sock); err == nil && fi.Mode().Perm() == 0o666 {
-			return "unix:" + sock, cmd.Process.Pid
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	b.Fatal("nullmilter did not create its socket in 5 s")
-	return "", 0
-}
-
-// procCPU is the user+system CPU time of a process from /proc.
-func procCPU(pid int) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	var f []string
-	for i := len(raw) - 1; i >= 0; i-- { // fields after the command name
-		if raw[i] == ')' {
-			f = splitFields(string(raw[i+1:]))
-			break
+	done := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
 		}
 	}
-	if len(f) < 13 {
-		return 0
+	b.Cleanup(stop)
+	network, where := "tcp", strings.TrimPrefix(addr, "inet:")
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, where = "unix", path
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * time.Second / 100 // USER_HZ
-}
-
-func splitFields(s string) []string {
-	var out []string
-	start := -1
-	for i, c := range s + " " {
-		if c == ' ' || c == '\n' {
-			if start >= 0 {
-				out = append(out, s[start:i])
-				start = -1
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		select {
+		case <-done:
+			b.Fatalf("%s exited at start: %v\n%s", bin, waitErr, log.String())
+		default:
+		}
+		if network == "unix" {
+			// smtpd runs as user postfix: wait for the mode the milter sets
+			// after listening, not just for the socket.
+			if fi, err := os.Stat(where); err != nil || fi.Mode().Perm() != 0o666 {
+				continue
 			}
-		} else if start < 0 {
-			start = i
+		}
+		if c, err := net.DialTimeout(network, where, 200*time.Millisecond); err == nil {
+			_ = c.Close()
+			return cmd.Process.Pid
 		}
 	}
-	return out
+	stop() // its output is complete once it has exited
+	b.Fatalf("%s not accepting on %s after 10 s:\n%s", bin, addr, log.String())
+	return 0
 }
 
 // countFiles waits until dir holds n files (smtp-sink writes one per
@@ -158,34 +163,55 @@ func BenchmarkEndToEnd(b *testing.B) {
 		name    string
 		sink    *integration.Sink
 		pf      *integration.Postfix
-		cpuNow  func() time.Duration // the milter's CPU time so far; nil without one
+		pid     int // the milter's; 0 without one
 		sent    int
 		elapsed time.Duration
-		cpu     time.Duration
+		sched   load.Sched
 		pfCPU   time.Duration
 	}
+	var profArgs = func(string) []string { return nil }
+	if dir := os.Getenv("OPES_BENCH_PROFILE_DIR"); dir != "" {
+		profArgs = func(mode string) []string { return []string{"-cpuprofile", filepath.Join(dir, "e2e-"+mode+".pprof")} }
+	}
 	var setups []*setup
-	for _, mode := range []string{"none", "opes-unix", "opes-tcp", "null-unix"} {
+	for _, mode := range []string{"none", "opes-unix", "opes-unix-1p", "opes-tcp", "null-unix"} {
 		s := &setup{name: mode, sink: integration.StartSink(b)}
 		opts := integration.PostfixOptions{RelayTo: s.sink.Addr(), DefaultAction: "tempfail"}
+		sock := "unix:" + filepath.Join(integration.TempDir(b), "milter.sock")
 		switch mode {
-		case "opes-unix", "opes-tcp":
-			var args []string
-			if dir := os.Getenv("OPES_BENCH_PROFILE_DIR"); dir != "" {
-				args = []string{"-cpuprofile", filepath.Join(dir, "e2e-"+mode+".pprof")}
+		case "opes-unix", "opes-unix-1p", "opes-tcp":
+			listen := sock
+			opts.Milter = sock
+			if mode == "opes-tcp" {
+				port := integration.FreePort(b)
+				listen = fmt.Sprintf("inet:%d@127.0.0.1", port)
+				opts.Milter = fmt.Sprintf("inet:127.0.0.1:%d", port)
 			}
-			// the harness logs at debug; a site runs at info
-			m := integration.StartMilter(b, integration.MilterOptions{Binary: opesBin, Unix: mode == "opes-unix",
-				Args: append(args, "-log-level", "info")})
-			opts.Milter = m.PostfixSpec()
-			s.cpuNow = m.CPUTime
+			var env []string
+			if mode == "opes-unix-1p" {
+				// One P: the Go scheduler has no second processor to wake
+				// and spin for each packet.
+				env = []string{"GOMAXPROCS=1"}
+			}
+			// a site runs at log level info
+			args := append([]string{"-listen", listen, "-socket-mode", "0666", "-log-level", "info"}, profArgs(mode)...)
+			s.pid = startMilter(b, opesBin, opts.Milter, env, args...)
 		case "null-unix":
-			var pid int
-			opts.Milter, pid = nullMilter(b, nullBin)
-			s.cpuNow = func() time.Duration { return procCPU(pid) }
+			opts.Milter = sock
+			s.pid = startMilter(b, nullBin, sock, nil, "-unix", strings.TrimPrefix(sock, "unix:"))
 		}
 		s.pf = integration.StartPostfix(b, opts)
 		setups = append(setups, s)
+	}
+	sched := func(s *setup) load.Sched {
+		if s.pid == 0 {
+			return load.Sched{}
+		}
+		v, err := load.SchedOf(s.pid)
+		if err != nil {
+			b.Fatalf("%s: %v", s.name, err)
+		}
+		return v
 	}
 	source, err := integration.LookBin("smtp-source")
 	if err != nil {
@@ -193,10 +219,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	}
 	for b.Loop() {
 		for _, s := range setups {
-			var cpu0 time.Duration
-			if s.cpuNow != nil {
-				cpu0 = s.cpuNow()
-			}
+			sched0 := sched(s)
 			pf0 := load.TreeCPU([]int{s.pf.MasterPID()})
 			start := time.Now()
 			out, err := exec.Command(source, "-s", "10", "-m", strconv.Itoa(batch), "-l", "4096",
@@ -208,9 +231,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 			countFiles(b, s.sink.Dir(), s.sent, 120*time.Second)
 			s.elapsed += time.Since(start)
 			s.pfCPU += load.TreeCPU([]int{s.pf.MasterPID()}) - pf0
-			if s.cpuNow != nil {
-				s.cpu += s.cpuNow() - cpu0
-			}
+			d := sched(s).Sub(sched0)
+			s.sched.User += d.User
+			s.sched.System += d.System
+			s.sched.Switches += d.Switches
 		}
 	}
 	var figs []Figures
@@ -222,12 +246,18 @@ func BenchmarkEndToEnd(b *testing.B) {
 		f.PostfixCPUPerMsgMs = s.pfCPU.Seconds() * 1000 / float64(s.sent)
 		b.ReportMetric(f.PostfixCPUPerMsgMs*1000, "postfix-cpu-µs/msg-"+s.name)
 		b.ReportMetric(f.Rate, "msg/s-"+s.name)
-		if s.cpuNow != nil {
-			f.CPUPerMsgMs = s.cpu.Seconds() * 1000 / float64(s.sent)
+		if s.pid != 0 {
+			cpu := s.sched.User + s.sched.System
+			f.CPUPerMsgMs = cpu.Seconds() * 1000 / float64(s.sent)
+			f.SwitchesPerMsg = float64(s.sched.Switches) / float64(s.sent)
+			if cpu > 0 {
+				f.SystemShare = s.sched.System.Seconds() / cpu.Seconds()
+			}
 			b.ReportMetric(f.Ratio, "ratio-"+s.name)
 			b.ReportMetric(f.CPUPerMsgMs*1000, "milter-cpu-µs/msg-"+s.name)
+			b.ReportMetric(f.SwitchesPerMsg, "milter-switches/msg-"+s.name)
 		}
-		if s.name == "opes-unix" || s.name == "opes-tcp" {
+		if strings.HasPrefix(s.name, "opes-") {
 			if d := s.sink.Dumps(); len(d) == 0 || len(d[0].Header()["Opes-System"]) != 1 {
 				b.Fatalf("%s: delivered message without the OPES trace", s.name)
 			}

@@ -172,15 +172,48 @@ func TestProcFigures(t *testing.T) {
 	if ProcCPU(-1) != -1 {
 		t.Fatal("CPU of no process should be -1")
 	}
+	// RSS first: the peak read after it is at least as large, whatever
+	// the runtime allocated in between.
+	rss, err := RSS(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
 	peak, err := PeakRSS(os.Getpid())
 	if err != nil || peak <= 0 {
 		t.Fatalf("peak RSS %d, %v", peak, err)
 	}
-	rss, err := RSS(os.Getpid())
-	if err != nil || rss <= 0 || rss > peak {
+	if rss <= 0 || rss > peak {
 		t.Fatalf("RSS %d (peak %d), %v", rss, peak, err)
 	}
 	if _, err := PeakRSS(-1); err == nil {
+		t.Fatal("no error for a missing process")
+	}
+}
+
+func TestSchedOf(t *testing.T) {
+	before, err := SchedOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sleeping puts a thread to sleep in the kernel (a voluntary switch
+	// each time); spinning costs CPU the clock ticks can see.
+	for range 20 {
+		time.Sleep(time.Millisecond)
+	}
+	for start := time.Now(); time.Since(start) < 60*time.Millisecond; {
+	}
+	after, err := SchedOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	if d.Switches < 20 {
+		t.Errorf("%d context switches over 20 sleeps", d.Switches)
+	}
+	if d.User+d.System < 10*time.Millisecond {
+		t.Errorf("CPU %v over 60 ms of spinning", d.User+d.System)
+	}
+	if _, err := SchedOf(-1); err == nil {
 		t.Fatal("no error for a missing process")
 	}
 }

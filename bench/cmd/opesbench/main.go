@@ -306,6 +306,8 @@ type e2eFigures struct {
 	Ratio    float64 `json:"ratio_to_none"`
 	CPU      float64 `json:"milter_cpu_ms_per_msg"`
 	Postfix  float64 `json:"postfix_cpu_ms_per_msg"`
+	Switches float64 `json:"milter_switches_per_msg"`
+	System   float64 `json:"milter_system_share"`
 }
 
 func (b *bench) endToEnd(ctx context.Context, tg *targets) error {
@@ -336,17 +338,17 @@ func (b *bench) endToEnd(ctx context.Context, tg *targets) error {
 		return fmt.Errorf("end to end through Postfix: %s: %w", jsonPath, err)
 	}
 	labels := map[string]string{"none": "no milter", "opes-unix": "(a) opes trace-only, unix",
-		"opes-tcp": "(a) opes trace-only, TCP", "null-unix": "(c) null go-milter EOM only, unix"}
+		"opes-unix-1p": "(a) opes trace-only, unix, GOMAXPROCS=1",
+		"opes-tcp":     "(a) opes trace-only, TCP", "null-unix": "(c) null go-milter EOM only, unix"}
 	var opesUnix *e2eFigures
 	for i, f := range figs {
-		cpu := ""
+		cpu, note := "", fmt.Sprintf("÷ no milter %.2f; Postfix CPU %.2f ms/msg", f.Ratio, f.Postfix)
 		if f.CPU >= 0 {
 			cpu = strconv.FormatFloat(f.CPU, 'f', 2, 64)
+			note += fmt.Sprintf("; milter %.0f context switches/msg, %.0f %% of its CPU in the kernel", f.Switches, f.System*100)
 		}
 		b.rows = append(b.rows, row{section: "postfix e2e", scenario: fmt.Sprintf("smtp-source -s 10 -l 4096, %d msgs", f.Messages),
-			peer: labels[f.Name], rate: strconv.FormatFloat(f.Rate, 'f', 0, 64), cpu: cpu,
-			note: "÷ no milter " + strconv.FormatFloat(f.Ratio, 'f', 2, 64) +
-				"; Postfix CPU " + strconv.FormatFloat(f.Postfix, 'f', 2, 64) + " ms/msg"})
+			peer: labels[f.Name], rate: strconv.FormatFloat(f.Rate, 'f', 0, 64), cpu: cpu, note: note})
 		if f.Name == "opes-unix" {
 			opesUnix = &figs[i]
 			b.e2eOpesMessages = f.Messages
