@@ -2,25 +2,15 @@ package acl
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx.example.net/opes/"
-
-func mustNew(t *testing.T, src string) opes.Service {
-	t.Helper()
-	s, err := New(optiontest.Decoder(t, src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return s
-}
 
 func TestNewErrors(t *testing.T) {
 	tests := []struct {
@@ -94,26 +84,13 @@ reply = "` + strings.Repeat("x", 201) + `"`, "entry[1].reply", "longer than 200"
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field {
-				t.Errorf("Field = %q, want %q (%v)", fe.Field, tt.field, fe.Err)
-			}
-			if !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %q does not mention %q", fe.Err, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
 }
 
 func TestNewDecodeError(t *testing.T) {
-	_, err := New(optiontest.Decoder(t, "[[options.entry]]\naction = 5\n"))
-	if err == nil || !strings.Contains(err.Error(), "acl: decode options") {
-		t.Fatalf("err = %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[[options.entry]]\naction = 5\n", "acl")
 	if _, err := New(nil); err == nil {
 		t.Fatal("no options must be an error: an acl without entries does nothing")
 	}
@@ -151,7 +128,7 @@ action = "tempfail"`, opes.Needs{Stages: opes.StagesOf(conn)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := mustNew(t, tt.src).Needs(); got != tt.want {
+			if got := servicetest.MustNew(t, New, tt.src).Needs(); got != tt.want {
 				t.Errorf("Needs = %+v (%v), want %+v (%v)", got, got.Stages, tt.want, tt.want.Stages)
 			}
 		})
@@ -228,7 +205,7 @@ action = "tempfail"
 stage = "eom"
 recipient = ["slow@example.org"]
 `
-	svc := mustNew(t, entries)
+	svc := servicetest.MustNew(t, New, entries)
 	allowed := opes.Verdict{Kind: opes.Continue, Action: "analyzed"}
 	denied := func(r opes.Reply) opes.Verdict {
 		return opes.Verdict{Kind: opes.Reject, Action: "rejected", Reason: "access policy", Reply: r}
@@ -299,16 +276,8 @@ recipient = ["slow@example.org"]
 
 func newProcessor(t *testing.T, src string) *opes.Processor {
 	t.Helper()
-	spec := &opes.ServiceSpec{Name: "access", Kind: "acl", URI: sysURI + "svc/access", Impl: mustNew(t, src)}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "everyone", Stage: opes.StageConnect, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	spec := &opes.ServiceSpec{Name: "access", Kind: "acl", URI: sysURI + "svc/access", Impl: servicetest.MustNew(t, New, src)}
+	return servicetest.NewProcessor(t, sysURI, opes.StageConnect, opes.Limits{}, spec)
 }
 
 // TestProcessorRefusesOneRecipient is RFC 4496 §4.8 through the real

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -21,11 +21,7 @@ var ctx = context.Background()
 
 func mustNew(t *testing.T, src string) *Service {
 	t.Helper()
-	s, err := New(optiontest.Decoder(t, "[options]\n"+src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return s.(*Service)
+	return servicetest.MustNew(t, New, "[options]\n"+src).(*Service)
 }
 
 // msg is a message as the processor holds it: top-level fields and body.
@@ -36,57 +32,20 @@ type msg struct {
 
 func (m msg) tx(t testing.TB) *opes.Transaction {
 	t.Helper()
-	h := opes.NewHeader()
-	for _, f := range m.header {
-		if err := h.Add(f[0], f[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b := opes.NewBody(opes.BodyOptions{})
-	t.Cleanup(func() { _ = b.Close() })
-	if _, err := io.WriteString(b, m.body); err != nil {
-		t.Fatal(err)
-	}
-	return &opes.Transaction{Header: h, Body: b}
-}
-
-// part is one body part: header lines (CRLF added) and content.
-func part(header, content string) string {
-	return strings.ReplaceAll(header, "\n", "\r\n") + "\r\n\r\n" + content
-}
-
-// multipart joins parts under boundary, with the closing delimiter.
-func multipart(boundary string, parts ...string) string {
-	var b strings.Builder
-	b.WriteString("This is a MIME message.\r\n")
-	for _, p := range parts {
-		b.WriteString("--" + boundary + "\r\n" + p + "\r\n")
-	}
-	b.WriteString("--" + boundary + "--\r\n")
-	return b.String()
+	return servicetest.NewTransaction(t, m.header, m.body)
 }
 
 func mixed(boundary string, parts ...string) msg {
 	return msg{
 		header: [][2]string{{"MIME-Version", "1.0"}, {"Content-Type", `multipart/mixed; boundary="` + boundary + `"`}},
-		body:   multipart(boundary, parts...),
+		body:   servicetest.Multipart(boundary, parts...),
 	}
 }
 
-func b64(data []byte) string {
-	s := base64.StdEncoding.EncodeToString(data)
-	var b strings.Builder
-	for len(s) > 76 {
-		b.WriteString(s[:76] + "\r\n")
-		s = s[76:]
-	}
-	return b.String() + s + "\r\n"
-}
-
-var text = part("Content-Type: text/plain; charset=utf-8", "Hello,\r\nsee attached.\r\n")
+var text = servicetest.Part("Content-Type: text/plain; charset=utf-8", "Hello,\r\nsee attached.\r\n")
 
 func attachment(name, ctype string, data []byte) string {
-	return part(fmt.Sprintf("Content-Type: %s\nContent-Disposition: attachment; filename=%q\nContent-Transfer-Encoding: base64", ctype, name), b64(data))
+	return servicetest.Part(fmt.Sprintf("Content-Type: %s\nContent-Disposition: attachment; filename=%q\nContent-Transfer-Encoding: base64", ctype, name), servicetest.Base64(data))
 }
 
 func pe() []byte {
@@ -146,7 +105,7 @@ func nested(levels int) msg {
 func manyParts(n int) msg {
 	parts := make([]string, n)
 	for i := range parts {
-		parts[i] = part("Content-Type: text/plain", "x")
+		parts[i] = servicetest.Part("Content-Type: text/plain", "x")
 	}
 	return mixed("many", parts...)
 }
@@ -164,7 +123,7 @@ func TestScan(t *testing.T) {
 	encZip := makeZip(t, zipEntry{name: "secret.txt", data: "xxxxxxxxxxxx", flags: 1})
 	cleanZip := makeZip(t, zipEntry{name: "report.pdf", data: "%PDF-1.4"})
 	rfc822 := "From: a@example.org\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"inner\"\r\n\r\n" +
-		multipart("inner", text, attachment("tool.EXE", "application/octet-stream", []byte("data")))
+		servicetest.Multipart("inner", text, attachment("tool.EXE", "application/octet-stream", []byte("data")))
 	tests := []struct {
 		name   string
 		opts   string
@@ -179,13 +138,13 @@ func TestScan(t *testing.T) {
 		{"exe by name", "", mixed("b1", text, attachment("setup.exe", "application/octet-stream", []byte("x"))), FindingExtension, ".exe (setup.exe)"},
 		{"upper case extension", "", mixed("b1", attachment("SETUP.ExE", "application/octet-stream", []byte("x"))), FindingExtension, ".exe"},
 		{"trailing dot", "", mixed("b1", attachment("run.bat.", "application/octet-stream", []byte("x"))), FindingExtension, ".bat"},
-		{"name only in content-type", "", mixed("b1", part("Content-Type: application/octet-stream; name=\"x.scr\"", "x")), FindingExtension, ".scr"},
-		{"RFC 2231 encoded", "", mixed("b1", part("Content-Type: application/pdf\nContent-Disposition: attachment; filename*=UTF-8''invoice%2Epdf%2Eexe", "x")),
+		{"name only in content-type", "", mixed("b1", servicetest.Part("Content-Type: application/octet-stream; name=\"x.scr\"", "x")), FindingExtension, ".scr"},
+		{"RFC 2231 encoded", "", mixed("b1", servicetest.Part("Content-Type: application/pdf\nContent-Disposition: attachment; filename*=UTF-8''invoice%2Epdf%2Eexe", "x")),
 			FindingDoubleExtension, ".pdf.exe (invoice.pdf.exe)"},
-		{"RFC 2231 continued", "", mixed("b1", part("Content-Type: application/pdf\nContent-Disposition: attachment;\n filename*0*=UTF-8''very%20long%20;\n filename*1=\"name.scr\"", "x")),
+		{"RFC 2231 continued", "", mixed("b1", servicetest.Part("Content-Type: application/pdf\nContent-Disposition: attachment;\n filename*0*=UTF-8''very%20long%20;\n filename*1=\"name.scr\"", "x")),
 			FindingExtension, ".scr (very long name.scr)"},
-		{"RFC 2047 encoded", "", mixed("b1", part("Content-Type: application/octet-stream; name=\"=?UTF-8?B?cmVjaHBuZy5qcw==?=\"", "x")), FindingExtension, ".js"},
-		{"unparseable params still named", "", mixed("b1", part("Content-Type: application/octet-stream\nContent-Disposition: attachment; filename=a b.vbs; x", "x")), FindingExtension, ".vbs"},
+		{"RFC 2047 encoded", "", mixed("b1", servicetest.Part("Content-Type: application/octet-stream; name=\"=?UTF-8?B?cmVjaHBuZy5qcw==?=\"", "x")), FindingExtension, ".js"},
+		{"unparseable params still named", "", mixed("b1", servicetest.Part("Content-Type: application/octet-stream\nContent-Disposition: attachment; filename=a b.vbs; x", "x")), FindingExtension, ".vbs"},
 		{"double extension", "", mixed("b1", attachment("invoice.pdf.exe", "application/pdf", []byte("x"))), FindingDoubleExtension, ".pdf.exe"},
 		{"blocked declared type", "", mixed("b1", attachment("a.bin", "application/x-msdownload", []byte("x"))), FindingType, "application/x-msdownload"},
 		{"sniffed PE in png", "", mixed("b1", attachment("cat.png", "image/png", pe())), FindingType, "application/x-msdownload (cat.png)"},
@@ -199,19 +158,19 @@ func TestScan(t *testing.T) {
 		{"clean zip in a zip", "", mixed("b1", attachment("outer.zip", "application/zip", makeZip(t, zipEntry{name: "inner.zip", data: string(cleanZip)}))), "", ""},
 		{"zips nested five deep", "", mixed("b1", attachment("n.zip", "application/zip", nest(t, cleanZip, 5))), FindingArchiveBomb, "nested more than 4 deep"},
 		{"zip claiming 2 GiB", "", mixed("b1", attachment("b.zip", "application/zip", bomb(t, 200, 10<<20))), FindingArchiveBomb, "claims more than 1 GiB"},
-		{"nested rfc822 with exe", "", mixed("b1", text, part("Content-Type: message/rfc822", rfc822)), FindingExtension, ".exe (tool.EXE)"},
+		{"nested rfc822 with exe", "", mixed("b1", text, servicetest.Part("Content-Type: message/rfc822", rfc822)), FindingExtension, ".exe (tool.EXE)"},
 		{"custom extensions", `block_extensions = ["PDF"]`, mixed("b1", attachment("setup.exe", "application/octet-stream", []byte("x")), attachment("r.pdf", "application/pdf", []byte("x"))), FindingExtension, ".pdf"},
-		{"unknown charset and encoding", "", mixed("b1", part("Content-Type: text/plain; charset=x-bogus\nContent-Transfer-Encoding: x-uu", "abc"), attachment("z.com", "application/octet-stream", []byte("x"))), FindingExtension, ".com"},
+		{"unknown charset and encoding", "", mixed("b1", servicetest.Part("Content-Type: text/plain; charset=x-bogus\nContent-Transfer-Encoding: x-uu", "abc"), attachment("z.com", "application/octet-stream", []byte("x"))), FindingExtension, ".com"},
 
 		// Hostile input.
 		{"100 levels", "", nested(100), FindingTooDeep, "more than 20 levels"},
 		{"20 levels fit", "", nested(19), "", ""},
 		{"10000 parts", "", manyParts(10000), FindingTooManyParts, "more than 1000"},
-		{"rfc822 nesting counts", "max_depth = 2", mixed("b1", part("Content-Type: message/rfc822", rfc822)), FindingTooDeep, ""},
+		{"rfc822 nesting counts", "max_depth = 2", mixed("b1", servicetest.Part("Content-Type: message/rfc822", rfc822)), FindingTooDeep, ""},
 		{"missing closing boundary", "", msg{header: mixed("b1").header, body: "--b1\r\nContent-Type: text/plain\r\n\r\ntext\r\n--b1\r\nContent-Type: application/pdf\r\n\r\ntruncated"}, FindingMalformed, ""},
 		{"no boundary", "", msg{header: [][2]string{{"Content-Type", "multipart/mixed"}}, body: "x\r\n"}, FindingMalformed, "without boundary"},
-		{"bad base64", "", mixed("b1", part("Content-Type: application/pdf\nContent-Transfer-Encoding: base64", "!!!! not base64 ****\r\n")), FindingMalformed, "base64"},
-		{"header line without colon", "", mixed("b1", part("Content-Type: text/plain\nthis is no header", "x")), FindingMalformed, "malformed MIME header line"},
+		{"bad base64", "", mixed("b1", servicetest.Part("Content-Type: application/pdf\nContent-Transfer-Encoding: base64", "!!!! not base64 ****\r\n")), FindingMalformed, "base64"},
+		{"header line without colon", "", mixed("b1", servicetest.Part("Content-Type: text/plain\nthis is no header", "x")), FindingMalformed, "malformed MIME header line"},
 		{"max_scan_size", "max_scan_size = 1024", mixed("b1", attachment("a.pdf", "application/pdf", make([]byte, 4096))), FindingTooLarge, ""},
 		{"max_scan_size exactly", "max_scan_size = 1024", msg{body: strings.Repeat("x\r\n", 1024/3) + "x"}, "", ""},
 		{"long name bounded", "", mixed("b1", attachment(strings.Repeat("a", 300)+".pdf.exe", "application/pdf", []byte("x"))), FindingDoubleExtension, "aaa...)"},
@@ -386,19 +345,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.src, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, "[options]\n"+tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field || !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %v, want field %s mentioning %q", fe, tt.field, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, "[options]\n"+tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nmax_depth = \"x\"\n")); err == nil || !strings.Contains(err.Error(), "attachments: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nmax_depth = \"x\"\n", "attachments")
 	s, err := New(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -410,8 +360,8 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestActions(t *testing.T) {
-	exe := mixed("b1", text, part("Content-Type: application/pdf\nContent-Disposition: attachment; filename=\"in\u00e9voice\x01.pdf.exe\"", "x"))
-	bad := mixed("b1", part("Content-Type: text/plain\nno colon here", "x"))
+	exe := mixed("b1", text, servicetest.Part("Content-Type: application/pdf\nContent-Disposition: attachment; filename=\"in\u00e9voice\x01.pdf.exe\"", "x"))
+	bad := mixed("b1", servicetest.Part("Content-Type: text/plain\nno colon here", "x"))
 	tests := []struct {
 		name   string
 		opts   string
@@ -456,13 +406,7 @@ func processor(t *testing.T, src string) *opes.Processor {
 	t.Helper()
 	const sys = "https://mx1.example.net/opes/"
 	spec := &opes.ServiceSpec{Name: "attachments", Kind: "attachments", URI: sys + "svc/attachments", Impl: mustNew(t, src)}
-	p := &opes.Policy{System: opes.System{URI: sys}, Services: []*opes.ServiceSpec{spec},
-		Rules: []*opes.Rule{{Name: "all", Stage: opes.StageConnect, Run: []*opes.ServiceSpec{spec}}}}
-	proc, err := opes.NewProcessor(p, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return proc
+	return servicetest.NewProcessor(t, sys, opes.StageConnect, opes.Limits{}, spec)
 }
 
 // deliver drives one transaction through a session as the milter bridge
@@ -485,15 +429,7 @@ func deliver(t *testing.T, proc *opes.Processor, m msg) (*opes.Outcome, string) 
 		t.Fatalf("body: %v", o.Kind)
 	}
 	o := s.EndOfMessage(ctx, "4ABCD12")
-	body := m.body
-	if o.Body != nil {
-		b, err := io.ReadAll(o.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body = string(b)
-	}
-	return o, body
+	return o, servicetest.DeliveredBody(t, o, m.body)
 }
 
 func TestProcessor(t *testing.T) {
@@ -531,8 +467,8 @@ func TestReplace(t *testing.T) {
 	note := func(reason string) string {
 		return notice(&Finding{Kind: "x"})[:strings.Index(notice(&Finding{Kind: "x"}), "filter: ")+8] + reason + ".\r\n"
 	}
-	alt := part("Content-Type: multipart/alternative; boundary=\"alt\"", multipart("alt", text, exe))
-	rfc822 := "Subject: fwd\r\nContent-Type: multipart/mixed; boundary=\"in\"\r\n\r\n" + multipart("in", text, exe)
+	alt := servicetest.Part("Content-Type: multipart/alternative; boundary=\"alt\"", servicetest.Multipart("alt", text, exe))
+	rfc822 := "Subject: fwd\r\nContent-Type: multipart/mixed; boundary=\"in\"\r\n\r\n" + servicetest.Multipart("in", text, exe)
 	many := make([]string, 11)
 	for i := range many {
 		many[i] = exe
@@ -545,16 +481,16 @@ func TestReplace(t *testing.T) {
 		reject string // reply substring when refused
 	}{
 		{"middle part", mixed("b1", text, exe, pdf), opes.Continue,
-			multipart("b1", text, note("blocked-extension .exe (setup.exe)"), pdf), ""},
+			servicetest.Multipart("b1", text, note("blocked-extension .exe (setup.exe)"), pdf), ""},
 		{"two parts", mixed("b1", js, text, exe), opes.Continue,
-			multipart("b1", note("blocked-extension .js (a.js)"), text, note("blocked-extension .exe (setup.exe)")), ""},
+			servicetest.Multipart("b1", note("blocked-extension .js (a.js)"), text, note("blocked-extension .exe (setup.exe)")), ""},
 		{"nested alternative", mixed("b1", pdf, alt), opes.Continue,
-			multipart("b1", pdf, part("Content-Type: multipart/alternative; boundary=\"alt\"", multipart("alt", text, note("blocked-extension .exe (setup.exe)")))), ""},
-		{"attached message replaced whole", mixed("b1", text, part("Content-Type: message/rfc822", rfc822)), opes.Continue,
-			multipart("b1", text, note("blocked-extension .exe (setup.exe)")), ""},
-		{"clean unchanged", mixed("b1", text, pdf), opes.Continue, multipart("b1", text, pdf), ""},
+			servicetest.Multipart("b1", pdf, servicetest.Part("Content-Type: multipart/alternative; boundary=\"alt\"", servicetest.Multipart("alt", text, note("blocked-extension .exe (setup.exe)")))), ""},
+		{"attached message replaced whole", mixed("b1", text, servicetest.Part("Content-Type: message/rfc822", rfc822)), opes.Continue,
+			servicetest.Multipart("b1", text, note("blocked-extension .exe (setup.exe)")), ""},
+		{"clean unchanged", mixed("b1", text, pdf), opes.Continue, servicetest.Multipart("b1", text, pdf), ""},
 		{"single part refused", msg{header: [][2]string{{"Content-Type", "application/octet-stream; name=x.exe"}}, body: "MZ\r\n"}, opes.Reject, "", "blocked-extension .exe"},
-		{"malformed refused", mixed("b1", part("Content-Type: text/plain\nno colon", "x")), opes.Reject, "", "malformed"},
+		{"malformed refused", mixed("b1", servicetest.Part("Content-Type: text/plain\nno colon", "x")), opes.Reject, "", "malformed"},
 		{"too many blocked parts refused", mixed("b1", many...), opes.Reject, "", "blocked-extension .exe"},
 	}
 	proc := processor(t, `action = "replace"`)

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -13,7 +13,7 @@ import (
 func FuzzScan(f *testing.F) {
 	f.Add("--b1\r\nContent-Type: text/plain\r\n\r\nx\r\n--b1--\r\n")
 	f.Add(nested(5).body)
-	f.Add(mixed("b1", part("Content-Type: message/rfc822", "Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n")).body)
+	f.Add(mixed("b1", servicetest.Part("Content-Type: message/rfc822", "Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n")).body)
 	f.Add(mixed("b1", attachment("a.zip", "application/zip", makeZip(f, zipEntry{name: "a.txt", data: "x"}))).body)
 	s, err := New(nil)
 	if err != nil {
@@ -36,12 +36,9 @@ func FuzzScan(f *testing.F) {
 func FuzzReplace(f *testing.F) {
 	exe := attachment("setup.exe", "application/octet-stream", []byte("MZ"))
 	f.Add(mixed("b1", text, exe).body)
-	f.Add(mixed("b1", part("Content-Type: multipart/alternative; boundary=\"b1\"", multipart("b1", text, exe))).body)
+	f.Add(mixed("b1", servicetest.Part("Content-Type: multipart/alternative; boundary=\"b1\"", servicetest.Multipart("b1", text, exe))).body)
 	f.Add("--b1\r\n--b1\r\nContent-Type: text/plain; name=a.exe\r\n\r\n--b1--\r\n")
-	svc, err := New(optiontest.Decoder(f, "[options]\naction = \"replace\"\n"))
-	if err != nil {
-		f.Fatal(err)
-	}
+	svc := servicetest.MustNew(f, New, "[options]\naction = \"replace\"\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		m := msg{header: [][2]string{{"Content-Type", `multipart/mixed; boundary="b1"`}}, body: body}
 		o, out := deliver(t, processor(t, `action = "replace"`), m)

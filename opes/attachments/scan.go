@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
+	"github.com/opesmilter/opes-milter/internal/linelen"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -357,7 +358,7 @@ type guardReader struct {
 	ctx   context.Context
 	limit int64
 	n     int64
-	line  int
+	lines linelen.Counter
 
 	srcErr      error
 	tooLarge    bool
@@ -387,19 +388,7 @@ func (g *guardReader) Read(p []byte) (int, error) {
 	}
 	n, err := g.r.Read(p)
 	g.n += int64(n)
-	for buf := p[:n]; ; {
-		i := bytes.IndexByte(buf, '\n')
-		if i < 0 {
-			g.line += len(buf)
-			break
-		}
-		if g.line+i > maxLine {
-			g.line += i
-			break
-		}
-		g.line, buf = 0, buf[i+1:]
-	}
-	if g.line > maxLine {
+	if g.lines.Add(p[:n], maxLine) {
 		g.lineTooLong = true
 		return 0, errLineTooLong
 	}

@@ -2,25 +2,15 @@ package checks
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx1.example.net/opes/"
-
-func mustNew(t *testing.T, src string) opes.Service {
-	t.Helper()
-	s, err := New(optiontest.Decoder(t, src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return s
-}
 
 func TestNewErrors(t *testing.T) {
 	tests := []struct{ name, src, field, msg string }{
@@ -40,19 +30,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field || !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %q: %q, want %q: ...%s...", fe.Field, fe.Err, tt.field, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nhelo = \"yes\"\n")); err == nil || !strings.Contains(err.Error(), "checks: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nhelo = \"yes\"\n", "checks")
 }
 
 func TestResolverForms(t *testing.T) {
@@ -80,7 +61,7 @@ func TestNeeds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := mustNew(t, tt.src).Needs(); got != tt.want {
+			if got := servicetest.MustNew(t, New, tt.src).Needs(); got != tt.want {
 				t.Errorf("Needs = %v %+v, want %v %+v", got.Stages, got, tt.want.Stages, tt.want)
 			}
 		})
@@ -117,17 +98,16 @@ type message struct {
 	from   []string
 }
 
-func runMessage(t *testing.T, svc opes.Service, m message) (opes.Stage, *opes.Outcome) {
+// processor runs svc from connect on.
+func processor(t *testing.T, svc opes.Service) *opes.Processor {
 	t.Helper()
 	spec := &opes.ServiceSpec{Name: "checks", Kind: "checks", URI: sysURI + "svc/checks", Bypassable: true, Impl: svc}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageConnect, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return servicetest.NewProcessor(t, sysURI, opes.StageConnect, opes.Limits{}, spec)
+}
+
+func runMessage(t *testing.T, svc opes.Service, m message) (opes.Stage, *opes.Outcome) {
+	t.Helper()
+	p := processor(t, svc)
 	ctx := context.Background()
 	s := p.NewSession()
 	defer s.Close()
@@ -154,7 +134,7 @@ func runMessage(t *testing.T, svc opes.Service, m message) (opes.Stage, *opes.Ou
 
 func TestProcessorTag(t *testing.T) {
 	srv := startDNS(t, testZones())
-	svc := mustNew(t, "[options]\nhelo = true\nfrom_mismatch = true\ndnsbl = [\"clean.example\", \"bl.example\"]\nresolver = \""+srv.addr+"\"\ntimeout = \"500ms\"\n")
+	svc := servicetest.MustNew(t, New, "[options]\nhelo = true\nfrom_mismatch = true\ndnsbl = [\"clean.example\", \"bl.example\"]\nresolver = \""+srv.addr+"\"\ntimeout = \"500ms\"\n")
 	tests := []struct {
 		name  string
 		m     message
@@ -218,7 +198,7 @@ func TestProcessorReject(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, o := runMessage(t, mustNew(t, tt.src), tt.m)
+			st, o := runMessage(t, servicetest.MustNew(t, New, tt.src), tt.m)
 			if st != tt.stage || o.Kind != opes.Reject || o.Reply == nil {
 				t.Fatalf("outcome at %v: %+v, want a refusal at %v", st, o, tt.stage)
 			}
@@ -236,7 +216,7 @@ func TestProcessorReject(t *testing.T) {
 // status=timeout in the trace.
 func TestProcessorTimeout(t *testing.T) {
 	srv := startDNS(t, testZones())
-	svc := mustNew(t, "[options]\naction = \"reject\"\ndnsbl = [\"dead.example\"]\nresolver = \""+srv.addr+"\"\ntimeout = \"200ms\"\n")
+	svc := servicetest.MustNew(t, New, "[options]\naction = \"reject\"\ndnsbl = [\"dead.example\"]\nresolver = \""+srv.addr+"\"\ntimeout = \"200ms\"\n")
 	st, o := runMessage(t, svc, message{client: "203.0.113.5", helo: "mail.example.com", sender: "a@example.com"})
 	if st != opes.StageEOM || o.Kind != opes.Continue {
 		t.Fatalf("refused at %v: %v", st, o.Reply)
@@ -256,16 +236,8 @@ func TestProcessorTimeout(t *testing.T) {
 // MAIL; the connect and HELO findings still apply to it.
 func TestSecondMessage(t *testing.T) {
 	srv := startDNS(t, testZones())
-	svc := mustNew(t, "[options]\nhelo = true\ndnsbl = [\"bl.example\"]\nresolver = \""+srv.addr+"\"\n")
-	spec := &opes.ServiceSpec{Name: "checks", Kind: "checks", URI: sysURI + "svc/checks", Bypassable: true, Impl: svc}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageConnect, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := servicetest.MustNew(t, New, "[options]\nhelo = true\ndnsbl = [\"bl.example\"]\nresolver = \""+srv.addr+"\"\n")
+	p := processor(t, svc)
 	ctx := context.Background()
 	s := p.NewSession()
 	defer s.Close()

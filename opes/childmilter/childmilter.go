@@ -89,6 +89,7 @@ import (
 
 	milter "github.com/d--j/go-milter"
 	"github.com/opesmilter/opes-milter/internal/sockspec"
+	"github.com/opesmilter/opes-milter/internal/timeoutopt"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -160,7 +161,7 @@ func New(decode func(v any) error) (opes.Service, error) {
 		if d.value == "" {
 			continue
 		}
-		if *d.dst, err = parseTimeout(d.value); err != nil {
+		if *d.dst, err = timeoutopt.Parse(d.value, maxTimeout); err != nil {
 			return nil, &opes.FieldError{Field: d.field, Err: err}
 		}
 	}
@@ -194,17 +195,6 @@ func New(decode func(v any) error) (opes.Service, error) {
 	}
 	s.clientOpts = s.milterOptions()
 	return s, nil
-}
-
-func parseTimeout(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration (e.g. \"20s\")", v)
-	}
-	if d <= 0 || d > maxTimeout {
-		return 0, fmt.Errorf("%s is not between 0 and %s", d, maxTimeout)
-	}
-	return d, nil
 }
 
 // milterOptions are the go-milter client options every child session

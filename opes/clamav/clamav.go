@@ -53,6 +53,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/scanheader"
+	"github.com/opesmilter/opes-milter/internal/timeoutopt"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -122,12 +124,12 @@ func New(decode func(v any) error) (opes.Service, error) {
 	}
 	s := &Service{client: c, timeout: DefaultTimeout, maxSize: DefaultMaxScanSize}
 	if o.Timeout != "" {
-		if s.timeout, err = parseTimeout(o.Timeout); err != nil {
+		if s.timeout, err = timeoutopt.Parse(o.Timeout, maxTimeout); err != nil {
 			return nil, &opes.FieldError{Field: "timeout", Err: err}
 		}
 	}
 	if o.ConnectTimeout != "" {
-		d, err := parseTimeout(o.ConnectTimeout)
+		d, err := timeoutopt.Parse(o.ConnectTimeout, maxTimeout)
 		if err != nil {
 			return nil, &opes.FieldError{Field: "connect_timeout", Err: err}
 		}
@@ -162,17 +164,6 @@ func New(decode func(v any) error) (opes.Service, error) {
 	return s, nil
 }
 
-func parseTimeout(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration (e.g. \"30s\")", v)
-	}
-	if d <= 0 || d > maxTimeout {
-		return 0, fmt.Errorf("%s is not between 0 and %s", d, maxTimeout)
-	}
-	return d, nil
-}
-
 // Client returns the clamd client, e.g. for a readiness check.
 func (s *Service) Client() *Client { return s.client }
 
@@ -199,7 +190,7 @@ type txState struct {
 
 func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	s := t.s
-	header := formatHeader(t.tx.Header.Fields())
+	header := scanheader.Format(t.tx.Header.Fields()) // with the space clamd needs after each colon
 	size := int64(len(header)) + t.tx.Size()
 	if size > s.maxSize {
 		return s.oversized(fmt.Sprintf("message of %d octets is larger than max_scan_size %d", size, s.maxSize))
@@ -236,27 +227,6 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 		Reason: "virus " + sig,
 		Reply:  opes.Reply{Code: 554, Enhanced: "5.7.1", Text: "Virus found: " + sig},
 	}, nil
-}
-
-// formatHeader renders the header as clamd should see it, ending with
-// the empty line. Every value gets a space after the colon: clamd's MIME
-// parser does not recognise "Content-Type:multipart/mixed" without it
-// (ClamAV 1.4), while mail clients do, so a sender could otherwise hide an
-// attachment from the scan by leaving the space out.
-func formatHeader(fields []opes.HeaderField) string {
-	var b strings.Builder
-	for _, f := range fields {
-		v := strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n")
-		b.WriteString(f.Name)
-		b.WriteByte(':')
-		if v == "" || (v[0] != ' ' && v[0] != '\t') {
-			b.WriteByte(' ')
-		}
-		b.WriteString(v)
-		b.WriteString("\r\n")
-	}
-	b.WriteString("\r\n")
-	return b.String()
 }
 
 // oversized applies the oversize option to a message that was not scanned.

@@ -3,11 +3,9 @@ package clamav
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -17,7 +15,8 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/internal/enginetest"
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/scanheader"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -25,11 +24,7 @@ const sysURI = "https://mx.example.net/opes/"
 
 func mustNew(t *testing.T, src string) *Service {
 	t.Helper()
-	s, err := New(optiontest.Decoder(t, src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return s.(*Service)
+	return servicetest.MustNew(t, New, src).(*Service)
 }
 
 func opts(socket string, extra ...string) string {
@@ -51,13 +46,7 @@ var baseHeader = [][2]string{
 }
 
 func mimeMessage(attachment []byte) message {
-	h := append(append([][2]string{}, baseHeader...),
-		[2]string{"MIME-Version", " 1.0"},
-		[2]string{"Content-Type", " multipart/mixed; boundary=\"B\""})
-	enc := base64.StdEncoding.EncodeToString(attachment)
-	body := "--B\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n" +
-		"--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"x.com\"\r\n" +
-		"Content-Transfer-Encoding: base64\r\n\r\n" + enc + "\r\n--B--\r\n"
+	h, body := servicetest.WithAttachment(baseHeader, attachment)
 	return message{header: h, body: body}
 }
 
@@ -69,28 +58,7 @@ var (
 
 func newTx(t *testing.T, m message) *opes.Transaction {
 	t.Helper()
-	tx := &opes.Transaction{
-		Conn:   &opes.Connection{},
-		Header: opes.NewHeader(),
-		Body:   opes.NewBody(opes.BodyOptions{MaxMemory: 1024, TempDir: t.TempDir()}),
-	}
-	t.Cleanup(func() { _ = tx.Body.Close() })
-	for _, f := range m.header {
-		if err := tx.Header.Add(f[0], f[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := tx.Body.Write([]byte(m.body)); err != nil {
-		t.Fatal(err)
-	}
-	return tx
-}
-
-func eom(t *testing.T, s *Service, tx *opes.Transaction) (opes.Verdict, error) {
-	t.Helper()
-	stx := s.Begin(tx)
-	defer stx.Close()
-	return stx.EndOfMessage(context.Background())
+	return servicetest.NewTransaction(t, m.header, m.body)
 }
 
 func TestNewErrors(t *testing.T) {
@@ -112,19 +80,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field || !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %s: %v, want field %s mentioning %q", fe.Field, fe.Err, tt.field, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nsocket = 5\n")); err == nil || !strings.Contains(err.Error(), "clamav: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nsocket = 5\n", "clamav")
 }
 
 func TestDefaults(t *testing.T) {
@@ -233,7 +192,7 @@ func TestEndOfMessage(t *testing.T) {
 				s := mustNew(t, opts(socket, `action = "`+tt.action+`"`))
 				tx := newTx(t, tt.msg)
 				before := tx.Header.Len()
-				v, err := eom(t, s, tx)
+				v, err := servicetest.EndOfMessage(t, s, tx)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -256,7 +215,7 @@ func TestEndOfMessage(t *testing.T) {
 // the header really is part of the stream.
 func TestHeaderIsScanned(t *testing.T) {
 	m := message{header: append(append([][2]string{}, baseHeader...), [2]string{"X-Note", " " + token}), body: "clean\r\n"}
-	v, err := eom(t, mustNew(t, opts(shared.Unix())), newTx(t, m))
+	v, err := servicetest.EndOfMessage(t, mustNew(t, opts(shared.Unix())), newTx(t, m))
 	if err != nil || v.Kind != opes.Reject || v.Reason != "virus "+tokenSig {
 		t.Errorf("verdict = %+v, %v; want reject for %s", v, err, tokenSig)
 	}
@@ -280,7 +239,7 @@ func TestOversize(t *testing.T) {
 			// need clamd at all.
 			s := mustNew(t, opts("unix:"+filepath.Join(t.TempDir(), "none.sock"), "max_scan_size = 1000", `oversize = "`+tt.oversize+`"`))
 			tx := newTx(t, message{header: baseHeader, body: strings.Repeat("x", 1000) + "\r\n" + token + "\r\n"})
-			v, err := eom(t, s, tx)
+			v, err := servicetest.EndOfMessage(t, s, tx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -295,9 +254,9 @@ func TestOversize(t *testing.T) {
 	}
 	// At the limit exactly, the message is scanned.
 	tx := newTx(t, msgToken)
-	size := int64(len(formatHeader(tx.Header.Fields()))) + tx.Size()
+	size := int64(len(scanheader.Format(tx.Header.Fields()))) + tx.Size()
 	s := mustNew(t, opts(shared.Unix(), "max_scan_size = "+itoa(size)))
-	if v, err := eom(t, s, tx); err != nil || v.Kind != opes.Reject {
+	if v, err := servicetest.EndOfMessage(t, s, tx); err != nil || v.Kind != opes.Reject {
 		t.Errorf("message of exactly max_scan_size: %+v, %v; want it scanned and rejected", v, err)
 	}
 }
@@ -319,7 +278,7 @@ func TestClamdStreamLimit(t *testing.T) {
 		kind     opes.VerdictKind
 	}{{"reject", opes.Reject}, {"skip", opes.Continue}} {
 		s := mustNew(t, opts(small.Unix(), `oversize = "`+tt.oversize+`"`))
-		v, err := eom(t, s, newTx(t, big))
+		v, err := servicetest.EndOfMessage(t, s, newTx(t, big))
 		if err != nil {
 			t.Fatalf("oversize=%s: %v", tt.oversize, err)
 		}
@@ -387,7 +346,7 @@ func TestClamdKilled(t *testing.T) {
 			// Through the service, with clamd gone: an error for
 			// on_error, not a verdict.
 			s := mustNew(t, opts(socket, `timeout = "2s"`))
-			if v, err := eom(t, s, newTx(t, msgEicar)); err == nil {
+			if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgEicar)); err == nil {
 				t.Errorf("clamd gone: verdict %+v, want an error", v)
 			}
 			if err := s.Ping(context.Background()); err == nil {
@@ -458,7 +417,7 @@ func TestUnresponsive(t *testing.T) {
 				s := mustNew(t, opts(socket, `timeout = "300ms"`))
 				for _, m := range []message{msgClean, large} {
 					began := time.Now()
-					v, err := eom(t, s, newTx(t, m))
+					v, err := servicetest.EndOfMessage(t, s, newTx(t, m))
 					took := time.Since(began)
 					if err == nil {
 						t.Fatalf("verdict %+v, want a timeout error", v)
@@ -497,7 +456,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	for _, socket := range []string{"unix:" + filepath.Join(t.TempDir(), "none.sock"), "tcp:127.0.0.1:" + itoa(int64(port))} {
 		s := mustNew(t, opts(socket))
-		if v, err := eom(t, s, newTx(t, msgClean)); err == nil || !strings.Contains(err.Error(), "connect via "+socket) {
+		if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean)); err == nil || !strings.Contains(err.Error(), "connect via "+socket) {
 			t.Errorf("%s: %+v, %v; want a connect error", socket, v, err)
 		}
 	}
@@ -508,15 +467,7 @@ func TestUnreachable(t *testing.T) {
 // and without the message ever being copied into memory.
 func TestLargeMessage(t *testing.T) {
 	const size = 30 << 20
-	tx := &opes.Transaction{
-		Conn:   &opes.Connection{},
-		Header: opes.NewHeader(),
-		Body:   opes.NewBody(opes.BodyOptions{MaxMemory: 64 << 10, TempDir: t.TempDir()}),
-	}
-	defer tx.Body.Close()
-	for _, f := range baseHeader {
-		_ = tx.Header.Add(f[0], f[1])
-	}
+	tx := servicetest.NewTransaction(t, baseHeader, "")
 	line := []byte(strings.Repeat("The quick brown fox jumps over the lazy dog. ", 2) + "\r\n")
 	chunk := bytes.Repeat(line, (64<<10)/len(line))
 	for tx.Size() < size {
@@ -535,7 +486,7 @@ func TestLargeMessage(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
 	began := time.Now()
-	v, err := eom(t, s, tx)
+	v, err := servicetest.EndOfMessage(t, s, tx)
 	took := time.Since(began)
 	runtime.ReadMemStats(&m1)
 	if err != nil {
@@ -556,36 +507,8 @@ func TestProcessor(t *testing.T) {
 	run := func(t *testing.T, src string, m message) *opes.Outcome {
 		t.Helper()
 		spec := &opes.ServiceSpec{Name: "antivirus", Kind: "clamav", URI: sysURI + "svc/antivirus", Impl: mustNew(t, src)}
-		p, err := opes.NewProcessor(&opes.Policy{
-			System:   opes.System{URI: sysURI},
-			Services: []*opes.ServiceSpec{spec},
-			Rules:    []*opes.Rule{{Name: "scan", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-			Limits:   opes.Limits{Body: opes.BodyOptions{MaxMemory: 4096, TempDir: t.TempDir()}},
-		}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx := context.Background()
-		s := p.NewSession()
-		t.Cleanup(s.Close)
-		s.Conn().Addr = netip.MustParseAddr("203.0.113.5")
-		s.Connect(ctx)
-		s.Mail(ctx, opes.Address{Addr: "a@example.net"})
-		s.Rcpt(ctx, opes.Address{Addr: "b@example.org"})
-		s.Data(ctx)
-		for _, f := range m.header {
-			s.Header(f[0], f[1])
-		}
-		s.EndOfHeaders(ctx)
-		body := []byte(m.body)
-		for len(body) > 0 { // as the MTA sends it: in chunks
-			n := min(len(body), 1000)
-			if o := s.BodyChunk(body[:n]); o != nil {
-				t.Fatalf("BodyChunk: %+v", o)
-			}
-			body = body[n:]
-		}
-		return s.EndOfMessage(ctx, "4XyZ1Q")
+		p := servicetest.NewProcessor(t, sysURI, opes.StageMail, servicetest.SpoolingLimits(t), spec)
+		return servicetest.Deliver(t, p, m.header, m.body)
 	}
 	wantReply := func(t *testing.T, o *opes.Outcome, want ...string) {
 		t.Helper()

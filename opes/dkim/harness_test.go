@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -229,13 +229,7 @@ func run(t *testing.T, m message, services ...opes.Service) (*opes.Outcome, stri
 		}
 		specs = append(specs, &opes.ServiceSpec{Name: name, Kind: "test", URI: sysURI + "svc/" + name, Impl: s})
 	}
-	p := &opes.Policy{System: opes.System{URI: sysURI}, Services: specs,
-		Rules: []*opes.Rule{{Name: "all", Stage: opes.StageConnect, Run: specs}}}
-	proc, err := opes.NewProcessor(p, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess := proc.NewSession()
+	sess := servicetest.NewProcessor(t, sysURI, opes.StageConnect, opes.Limits{}, specs...).NewSession()
 	defer sess.Close()
 	if o := sess.Connect(ctx); o.Kind != opes.Continue {
 		return o, ""
@@ -267,14 +261,7 @@ func run(t *testing.T, m message, services ...opes.Service) (*opes.Outcome, stri
 	if o.Kind != opes.Continue {
 		return o, ""
 	}
-	body := m.body
-	if o.Body != nil {
-		b, err := io.ReadAll(o.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body = string(b)
-	}
+	body := servicetest.DeliveredBody(t, o, m.body)
 	out := opes.FormatHeader(opes.ApplyChanges(m.fields(), o.HeaderChanges)) + "\r\n" + body
 	sess.Finish()
 	return o, out

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -94,22 +95,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field {
-				t.Errorf("Field = %q, want %q (%v)", fe.Field, tt.field, fe.Err)
-			}
-			if !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %q does not mention %q", fe.Err, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nmode = 5\n")); err == nil || !strings.Contains(err.Error(), "dkim: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nmode = 5\n", "dkim")
 }
 
 // A key below RFC 8301's 1024 bits is refused. Go refuses to make one

@@ -90,6 +90,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/scanheader"
+	"github.com/opesmilter/opes-milter/internal/timeoutopt"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -165,12 +167,12 @@ func New(decode func(v any) error) (opes.Service, error) {
 		return nil, opes.FieldErrorf("mode", "unknown mode %q (want reqmod or respmod)", o.Mode)
 	}
 	if o.Timeout != "" {
-		if s.timeout, err = parseTimeout(o.Timeout); err != nil {
+		if s.timeout, err = timeoutopt.Parse(o.Timeout, maxTimeout); err != nil {
 			return nil, &opes.FieldError{Field: "timeout", Err: err}
 		}
 	}
 	if o.ConnectTimeout != "" {
-		if s.client.connectTimeout, err = parseTimeout(o.ConnectTimeout); err != nil {
+		if s.client.connectTimeout, err = timeoutopt.Parse(o.ConnectTimeout, maxTimeout); err != nil {
 			return nil, &opes.FieldError{Field: "connect_timeout", Err: err}
 		}
 	}
@@ -239,17 +241,6 @@ func parseServers(v any) ([]*server, error) {
 	return out, nil
 }
 
-func parseTimeout(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration (e.g. \"30s\")", v)
-	}
-	if d <= 0 || d > maxTimeout {
-		return 0, fmt.Errorf("%s is not between 0 and %s", d, maxTimeout)
-	}
-	return d, nil
-}
-
 // Close drops the idle connections. The service stays usable.
 func (s *Service) Close() { s.client.close() }
 
@@ -277,7 +268,7 @@ type answer struct {
 func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	s := t.s
 	sent := t.tx.Header.Fields()
-	head := formatHeader(sent)
+	head := scanheader.Format(sent)
 	size := int64(len(head)) + t.tx.Size()
 	if size > s.maxSize {
 		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Status: "skipped",

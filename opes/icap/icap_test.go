@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -17,20 +16,17 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/internal/enginetest"
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx.example.net/opes/"
 
-func mustNew(t *testing.T, src string) *Service {
+func mustNew(t testing.TB, src string) *Service {
 	t.Helper()
-	s, err := New(optiontest.Decoder(t, src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(s.(*Service).Close)
-	return s.(*Service)
+	s := servicetest.MustNew(t, New, src).(*Service)
+	t.Cleanup(s.Close)
+	return s
 }
 
 func opts(server string, extra ...string) string {
@@ -65,12 +61,7 @@ var (
 )
 
 func mimeMessage(attachment []byte) message {
-	h := append(append([][2]string{}, baseHeader...),
-		[2]string{"MIME-Version", " 1.0"},
-		[2]string{"Content-Type", " multipart/mixed; boundary=\"B\""})
-	body := "--B\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n" +
-		"--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"x.com\"\r\n" +
-		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString(attachment) + "\r\n--B--\r\n"
+	h, body := servicetest.WithAttachment(baseHeader, attachment)
 	return message{header: h, body: body}
 }
 
@@ -78,30 +69,11 @@ func mimeMessage(attachment []byte) message {
 // header changes and verdicts can be checked this way).
 func newTx(t *testing.T, m message) *opes.Transaction {
 	t.Helper()
-	tx := &opes.Transaction{
-		Conn:       &opes.Connection{Addr: netip.MustParseAddr("203.0.113.5"), Helo: "client.example.net"},
-		Sender:     &opes.Address{Addr: "a@example.net"},
-		Recipients: []*opes.Recipient{{Address: opes.Address{Addr: "b@example.org"}}},
-		Header:     opes.NewHeader(),
-		Body:       opes.NewBody(opes.BodyOptions{MaxMemory: 1024, TempDir: t.TempDir()}),
-	}
-	t.Cleanup(func() { _ = tx.Body.Close() })
-	for _, f := range m.header {
-		if err := tx.Header.Add(f[0], f[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := tx.Body.Write([]byte(m.body)); err != nil {
-		t.Fatal(err)
-	}
+	tx := servicetest.NewTransaction(t, m.header, m.body)
+	tx.Conn = &opes.Connection{Addr: netip.MustParseAddr("203.0.113.5"), Helo: "client.example.net"}
+	tx.Sender = &opes.Address{Addr: "a@example.net"}
+	tx.Recipients = []*opes.Recipient{{Address: opes.Address{Addr: "b@example.org"}}}
 	return tx
-}
-
-func eom(t *testing.T, s *Service, tx *opes.Transaction) (opes.Verdict, error) {
-	t.Helper()
-	stx := s.Begin(tx)
-	defer stx.Close()
-	return stx.EndOfMessage(context.Background())
 }
 
 func TestNewErrors(t *testing.T) {
@@ -133,19 +105,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field || !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %s: %v, want field %s mentioning %q", fe.Field, fe.Err, tt.field, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nserver = \""+ok+"\"\nmax_size = \"big\"\n")); err == nil || !strings.Contains(err.Error(), "icap: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nserver = \""+ok+"\"\nmax_size = \"big\"\n", "icap")
 }
 
 func TestDefaults(t *testing.T) {
@@ -189,7 +152,7 @@ func TestEcho(t *testing.T) {
 				s := mustNew(t, opts(c.url("echo"), `mode = "`+mode+`"`, preview))
 				tx := newTx(t, m)
 				before := tx.Header.Fields()
-				v, err := eom(t, s, tx)
+				v, err := servicetest.EndOfMessage(t, s, tx)
 				if err != nil {
 					t.Fatalf("%s %q %d octets: %v", mode, preview, len(m.body), err)
 				}
@@ -235,14 +198,14 @@ func TestBlock(t *testing.T) {
 		for _, mode := range []string{"reqmod", "respmod"} {
 			name := tt.service + "/" + mode + "/" + tt.reason
 			s := mustNew(t, opts(c.url(tt.service), `mode = "`+mode+`"`))
-			v, err := eom(t, s, newTx(t, tt.msg))
+			v, err := servicetest.EndOfMessage(t, s, newTx(t, tt.msg))
 			want := opes.Verdict{Kind: opes.Reject, Action: "rejected", Reason: tt.reason,
 				Reply: opes.Reply{Code: 554, Enhanced: "5.7.1", Text: "Message refused by content filter: " + tt.reason}}
 			if err != nil || v != want {
 				t.Errorf("%s: %+v, %v; want %+v", name, v, err, want)
 			}
 			s = mustNew(t, opts(c.url(tt.service), `mode = "`+mode+`"`, `on_block = "quarantine"`))
-			v, err = eom(t, s, newTx(t, tt.msg))
+			v, err = servicetest.EndOfMessage(t, s, newTx(t, tt.msg))
 			if want := (opes.Verdict{Kind: opes.Quarantine, Action: "quarantined", Reason: tt.reason}); err != nil || v != want {
 				t.Errorf("%s quarantine: %+v, %v; want %+v", name, v, err, want)
 			}
@@ -250,7 +213,7 @@ func TestBlock(t *testing.T) {
 	}
 	// The same services let a clean message through unchanged.
 	for _, svc := range []string{"srv_cfg_filter", "virus_scan"} {
-		v, err := eom(t, mustNew(t, opts(c.url(svc))), newTx(t, msgClean))
+		v, err := servicetest.EndOfMessage(t, mustNew(t, opts(c.url(svc))), newTx(t, msgClean))
 		if want := (opes.Verdict{Kind: opes.Continue, Action: "analyzed"}); err != nil || v != want {
 			t.Errorf("%s clean: %+v, %v; want %+v", svc, v, err, want)
 		}
@@ -269,7 +232,7 @@ func TestEnvelopeHeaders(t *testing.T) {
 			&opes.Recipient{Address: opes.Address{Addr: "c@example.org"}},
 			&opes.Recipient{Address: opes.Address{Addr: "refused@example.org"}, Refused: true})
 		tx.Conn.Helo = "evil\r\nX-Injected: 1"
-		if v, err := eom(t, s, tx); err != nil || v.Action != "analyzed" {
+		if v, err := servicetest.EndOfMessage(t, s, tx); err != nil || v.Action != "analyzed" {
 			t.Fatalf("%s: %+v, %v", mode, v, err)
 		}
 		r := <-got
@@ -295,7 +258,7 @@ func TestEnvelopeHeaders(t *testing.T) {
 	}
 	// Names set to "" leave the envelope out, the ICAP X-Client-IP too.
 	s := mustNew(t, opts(p.url(), "[options.envelope_headers]\nmail_from = \"\"\nrcpt_to = \"\"\nclient_ip = \"\"\nhelo = \"\""))
-	if _, err := eom(t, s, newTx(t, msgClean)); err != nil {
+	if _, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean)); err != nil {
 		t.Fatal(err)
 	}
 	r := <-got
@@ -310,14 +273,14 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // not even exist) and is traced as skipped.
 func TestMaxSize(t *testing.T) {
 	s := mustNew(t, opts("icap://127.0.0.1:1/none", "max_size = 100"))
-	v, err := eom(t, s, newTx(t, msgClean))
+	v, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean))
 	if err != nil || v.Kind != opes.Continue || v.Status != "skipped" || !strings.Contains(v.Reason, "larger than max_size 100") {
 		t.Errorf("verdict %+v, %v; want continue, status=skipped", v, err)
 	}
 	// An answer body above max_size is a failure, never a truncated mail.
 	p := startPeer(t, peerOptions, func(int, *peerRequest) string { return reqmodAnswer(strings.Repeat("x", 5000)) })
 	s = mustNew(t, opts(p.url(), "max_size = 1000"))
-	if v, err := eom(t, s, newTx(t, msgClean)); err == nil || !strings.Contains(err.Error(), "larger than max_size") {
+	if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean)); err == nil || !strings.Contains(err.Error(), "larger than max_size") {
 		t.Errorf("oversized answer: %+v, %v; want an error", v, err)
 	}
 }
@@ -330,7 +293,7 @@ func TestServerDown(t *testing.T) {
 	}
 	url := "icap://127.0.0.1:" + itoa(port) + "/echo"
 	began := time.Now()
-	v, err := eom(t, mustNew(t, opts(url)), newTx(t, msgClean))
+	v, err := servicetest.EndOfMessage(t, mustNew(t, opts(url)), newTx(t, msgClean))
 	if err == nil || !strings.Contains(err.Error(), "connect") || !strings.Contains(err.Error(), url) {
 		t.Errorf("%+v, %v; want a connect error naming the server", v, err)
 	}
@@ -349,7 +312,7 @@ func TestFailover(t *testing.T) {
 	}
 	s := mustNew(t, "[options]\nserver = [\"icap://127.0.0.1:"+itoa(port)+"/echo\", \""+c.url("srv_cfg_filter")+"\"]\n")
 	for i := range 2 {
-		v, err := eom(t, s, newTx(t, msgBlock))
+		v, err := servicetest.EndOfMessage(t, s, newTx(t, msgBlock))
 		if err != nil || v.Kind != opes.Reject {
 			t.Fatalf("attempt %d: %+v, %v; want the second server's block", i, v, err)
 		}
@@ -360,12 +323,12 @@ func TestFailover(t *testing.T) {
 	// A server answering garbage is passed over too.
 	garbage := startPeer(t, peerOptions, func(int, *peerRequest) string { return "ICAP/1.0 503 Overloaded\r\n\r\n" })
 	s = mustNew(t, "[options]\nserver = [\""+garbage.url()+"\", \""+c.url("srv_cfg_filter")+"\"]\n")
-	if v, err := eom(t, s, newTx(t, msgBlock)); err != nil || v.Kind != opes.Reject {
+	if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgBlock)); err != nil || v.Kind != opes.Reject {
 		t.Errorf("after a 503: %+v, %v; want the second server's block", v, err)
 	}
 	// When every server fails, the error names each.
 	s = mustNew(t, "[options]\nserver = [\"icap://127.0.0.1:"+itoa(port)+"/echo\", \""+garbage.url()+"\"]\n")
-	_, err = eom(t, s, newTx(t, msgClean))
+	_, err = servicetest.EndOfMessage(t, s, newTx(t, msgClean))
 	if err == nil || !strings.Contains(err.Error(), "all 2 ICAP servers failed") || !strings.Contains(err.Error(), "connect") ||
 		!strings.Contains(err.Error(), "ICAP status 503 Overloaded") {
 		t.Errorf("all down: %v", err)
@@ -390,7 +353,7 @@ func TestTimeout(t *testing.T) {
 			for _, m := range []message{msgClean, {header: baseHeader, body: strings.Repeat("y", 4<<20)}} {
 				tx := newTx(t, m)
 				began := time.Now()
-				v, err := eom(t, s, tx)
+				v, err := servicetest.EndOfMessage(t, s, tx)
 				took := time.Since(began)
 				if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 					t.Fatalf("%+v, %v; want a deadline error", v, err)
@@ -442,7 +405,7 @@ func TestGarbage(t *testing.T) {
 			p := startPeer(t, tt.options, func(int, *peerRequest) string { return tt.answer })
 			p.closeAfter.Store(true) // a truncated answer ends with the connection
 			began := time.Now()
-			v, err := eom(t, mustNew(t, opts(p.url(), `timeout = "5s"`)), newTx(t, msgClean))
+			v, err := servicetest.EndOfMessage(t, mustNew(t, opts(p.url(), `timeout = "5s"`)), newTx(t, msgClean))
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
 				t.Errorf("%+v, %v; want an error mentioning %q", v, err, tt.err)
 			}
@@ -472,7 +435,7 @@ func TestOptionsCache(t *testing.T) {
 			p.closeAfter.Store(tt.closeAfter)
 			s := mustNew(t, opts(p.url()))
 			for i := range 3 {
-				if v, err := eom(t, s, newTx(t, msgClean)); err != nil || v.Action != "analyzed" {
+				if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean)); err != nil || v.Action != "analyzed" {
 					t.Fatalf("request %d: %+v, %v", i, v, err)
 				}
 			}
@@ -484,7 +447,7 @@ func TestOptionsCache(t *testing.T) {
 	}
 	// Transfer-Ignore: * — the server wants nothing: skipped.
 	p := startPeer(t, strings.Replace(peerOptions, "Allow: 204", "Transfer-Ignore: *", 1), func(int, *peerRequest) string { return answer204 })
-	v, err := eom(t, mustNew(t, opts(p.url())), newTx(t, msgClean))
+	v, err := servicetest.EndOfMessage(t, mustNew(t, opts(p.url())), newTx(t, msgClean))
 	if err != nil || v.Status != "skipped" || p.requests.Load() != 0 {
 		t.Errorf("Transfer-Ignore: %+v, %v, %d requests", v, err, p.requests.Load())
 	}
@@ -508,7 +471,7 @@ func TestPreview(t *testing.T) {
 		{"preview = 0", "", -1},
 	} {
 		s := mustNew(t, opts(p.url(), tt.cfg))
-		if v, err := eom(t, s, newTx(t, msgClean)); err != nil || v.Action != "analyzed" {
+		if v, err := servicetest.EndOfMessage(t, s, newTx(t, msgClean)); err != nil || v.Action != "analyzed" {
 			t.Fatalf("%q: %+v, %v", tt.cfg, v, err)
 		}
 		r := <-got
@@ -532,15 +495,7 @@ func TestPreview(t *testing.T) {
 func TestLargeMessage(t *testing.T) {
 	c := needCICAP(t)
 	const size = 20 << 20
-	tx := &opes.Transaction{
-		Conn:   &opes.Connection{},
-		Header: opes.NewHeader(),
-		Body:   opes.NewBody(opes.BodyOptions{MaxMemory: 64 << 10, TempDir: t.TempDir()}),
-	}
-	defer tx.Body.Close()
-	for _, f := range baseHeader {
-		_ = tx.Header.Add(f[0], f[1])
-	}
+	tx := servicetest.NewTransaction(t, baseHeader, "")
 	line := []byte(strings.Repeat("The quick brown fox jumps over the lazy dog. ", 2) + "\r\n")
 	chunk := bytes.Repeat(line, (64<<10)/len(line))
 	for tx.Size() < size {
@@ -553,7 +508,7 @@ func TestLargeMessage(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
 	began := time.Now()
-	v, err := eom(t, s, tx)
+	v, err := servicetest.EndOfMessage(t, s, tx)
 	took := time.Since(began)
 	runtime.ReadMemStats(&m1)
 	if err != nil || v.Action != "analyzed" {
@@ -574,36 +529,8 @@ func process(t *testing.T, s *Service, m message) *opes.Outcome {
 
 func processSpec(t *testing.T, spec *opes.ServiceSpec, m message) *opes.Outcome {
 	t.Helper()
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "filter", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-		Limits:   opes.Limits{Body: opes.BodyOptions{MaxMemory: 4096, TempDir: t.TempDir()}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	sess := p.NewSession()
-	t.Cleanup(sess.Close)
-	sess.Conn().Addr = netip.MustParseAddr("203.0.113.5")
-	sess.Connect(ctx)
-	sess.Mail(ctx, opes.Address{Addr: "a@example.net"})
-	sess.Rcpt(ctx, opes.Address{Addr: "b@example.org"})
-	sess.Data(ctx)
-	for _, f := range m.header {
-		sess.Header(f[0], f[1])
-	}
-	sess.EndOfHeaders(ctx)
-	body := []byte(m.body)
-	for len(body) > 0 {
-		n := min(len(body), 1000)
-		if o := sess.BodyChunk(body[:n]); o != nil {
-			t.Fatalf("BodyChunk: %+v", o)
-		}
-		body = body[n:]
-	}
-	return sess.EndOfMessage(ctx, "4XyZ1Q")
+	p := servicetest.NewProcessor(t, sysURI, opes.StageMail, servicetest.SpoolingLimits(t), spec)
+	return servicetest.Deliver(t, p, m.header, m.body)
 }
 
 // delivered is the message the MTA would deliver after the outcome.
@@ -613,14 +540,7 @@ func delivered(t *testing.T, m message, o *opes.Outcome) string {
 	for _, f := range m.header {
 		fields = append(fields, opes.HeaderField{Name: f[0], Value: f[1]})
 	}
-	body := m.body
-	if o.Body != nil {
-		b, err := io.ReadAll(o.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body = string(b)
-	}
+	body := servicetest.DeliveredBody(t, o, m.body)
 	return opes.FormatHeader(opes.ApplyChanges(fields, o.HeaderChanges)) + "\r\n" + body
 }
 
@@ -897,7 +817,7 @@ func TestReplacedPage(t *testing.T) {
 			return "ICAP/1.0 200 OK\r\nEncapsulated: " + enc + itoa(len(hdr)) + "\r\n\r\n" + hdr +
 				strconv.FormatInt(int64(len(page)), 16) + "\r\n" + page + "\r\n0\r\n\r\n"
 		})
-		v, err := eom(t, mustNew(t, opts(p.url(), `mode = "`+mode+`"`)), newTx(t, msgClean))
+		v, err := servicetest.EndOfMessage(t, mustNew(t, opts(p.url(), `mode = "`+mode+`"`)), newTx(t, msgClean))
 		if err != nil || v.Kind != opes.Reject || !strings.HasPrefix(v.Reason, "blocked: message replaced by text/html") {
 			t.Errorf("%s: %+v, %v; want a block", mode, v, err)
 		}
@@ -942,7 +862,7 @@ func TestEarlyAnswer(t *testing.T) {
 	s := mustNew(t, opts("icap://"+l.Addr().String()+"/svc", `timeout = "10s"`, "max_size = "+itoa(64<<20)))
 	tx := newTx(t, m)
 	began := time.Now()
-	v, err := eom(t, s, tx)
+	v, err := servicetest.EndOfMessage(t, s, tx)
 	if err != nil || v.Kind != opes.Reject || v.Reason != "infection found: Early" {
 		t.Fatalf("%+v, %v; want the early block", v, err)
 	}
@@ -972,16 +892,8 @@ func readPeerHead(br *bufio.Reader) (string, error) {
 // pooled connection (OPTIONS cached).
 func BenchmarkEcho(b *testing.B) {
 	c := needCICAP(b)
-	s, err := New(optiontest.Decoder(b, opts(c.url("echo"))))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.(*Service).Close()
-	tx := &opes.Transaction{Conn: &opes.Connection{}, Header: opes.NewHeader(), Body: opes.NewBody(opes.BodyOptions{})}
-	for _, f := range msgClean.header {
-		_ = tx.Header.Add(f[0], f[1])
-	}
-	_, _ = tx.Body.Write([]byte(msgClean.body))
+	s := mustNew(b, opts(c.url("echo")))
+	tx := servicetest.NewTransaction(b, msgClean.header, msgClean.body)
 	for b.Loop() {
 		stx := s.Begin(tx)
 		if _, err := stx.EndOfMessage(context.Background()); err != nil {

@@ -69,25 +69,6 @@ func parseEnvelopeNames(o envelopeOptions) (envelopeNames, error) {
 	return n, nil
 }
 
-// formatHeader renders the header as sent, ending with the empty line.
-// Every value gets a space after the colon (mail parsers of content
-// filters are not all as lenient as mail clients).
-func formatHeader(fields []opes.HeaderField) string {
-	var b strings.Builder
-	for _, f := range fields {
-		v := strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n")
-		b.WriteString(f.Name)
-		b.WriteByte(':')
-		if v == "" || (v[0] != ' ' && v[0] != '\t') {
-			b.WriteByte(' ')
-		}
-		b.WriteString(v)
-		b.WriteString("\r\n")
-	}
-	b.WriteString("\r\n")
-	return b.String()
-}
-
 // buildRequest makes the encapsulated HTTP header sections.
 func (s *Service) buildRequest(tx *opes.Transaction, size int64, open func() io.Reader) *request {
 	path := "/" + pathToken(tx.TraceID())

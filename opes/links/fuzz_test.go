@@ -12,6 +12,7 @@ import (
 
 	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 )
 
 var discardLog = slog.New(slog.DiscardHandler)
@@ -21,11 +22,11 @@ var discardLog = slog.New(slog.DiscardHandler)
 // defined outcome, and a rewritten message parses and has no part left
 // that was moved.
 func FuzzRewrite(f *testing.F) {
-	f.Add(multipart("m", plain, attachment("a.pdf", "application/pdf", []byte("%PDF-1.4 data"))))
-	f.Add(multipart("m", alternative, attachment("a.bin", "application/octet-stream", []byte("xx"))))
-	f.Add(multipart("m", part(`Content-Type: multipart/related; boundary="r"`, multipart("r",
-		part("Content-Type: text/html; charset=iso-8859-1\nContent-Transfer-Encoding: base64", b64([]byte("<b>x</b></BODY>"))),
-		part("Content-Type: image/png; name=\"i.png\"", "PNG")))))
+	f.Add(servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", []byte("%PDF-1.4 data"))))
+	f.Add(servicetest.Multipart("m", alternative, attachment("a.bin", "application/octet-stream", []byte("xx"))))
+	f.Add(servicetest.Multipart("m", servicetest.Part(`Content-Type: multipart/related; boundary="r"`, servicetest.Multipart("r",
+		servicetest.Part("Content-Type: text/html; charset=iso-8859-1\nContent-Transfer-Encoding: base64", servicetest.Base64([]byte("<b>x</b></BODY>"))),
+		servicetest.Part("Content-Type: image/png; name=\"i.png\"", "PNG")))))
 	f.Add("--m\r\nContent-Type: text/plain\r\n\r\nno end")
 	f.Fuzz(func(t *testing.T, body string) {
 		st, err := OpenStore(t.TempDir(), 0)

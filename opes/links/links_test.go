@@ -31,6 +31,7 @@ import (
 	gomessage "github.com/emersion/go-message"
 	_ "github.com/emersion/go-message/charset" // the test reads Latin-1 back
 	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -85,13 +86,7 @@ func newFixture(t *testing.T, extra string) *fixture {
 	t.Cleanup(srv.Close)
 
 	spec := &opes.ServiceSpec{Name: "links", Kind: "links", URI: sys + "svc/links", Impl: svc}
-	p := &opes.Policy{System: opes.System{URI: sys}, Services: []*opes.ServiceSpec{spec},
-		Rules: []*opes.Rule{{Name: "all", Stage: opes.StageConnect, Run: []*opes.ServiceSpec{spec}}}}
-	proc, err := opes.NewProcessor(p, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.proc, f.srv = proc, srv
+	f.proc, f.srv = servicetest.NewProcessor(t, sys, opes.StageConnect, opes.Limits{}, spec), srv
 	return f
 }
 
@@ -169,31 +164,6 @@ func (f *fixture) deliver(t *testing.T, header [][2]string, body io.Reader) *res
 	return r
 }
 
-// part is one body part: header lines (CRLF added) and content.
-func part(header, content string) string {
-	return strings.ReplaceAll(header, "\n", "\r\n") + "\r\n\r\n" + content
-}
-
-func multipart(boundary string, parts ...string) string {
-	var b strings.Builder
-	b.WriteString("This is a MIME message.\r\n")
-	for _, p := range parts {
-		b.WriteString("--" + boundary + "\r\n" + p + "\r\n")
-	}
-	b.WriteString("--" + boundary + "--\r\n")
-	return b.String()
-}
-
-func b64(data []byte) string {
-	s := base64.StdEncoding.EncodeToString(data)
-	var b strings.Builder
-	for len(s) > 76 {
-		b.WriteString(s[:76] + "\r\n")
-		s = s[76:]
-	}
-	return b.String() + s + "\r\n"
-}
-
 func randomBytes(seed uint64, n int) []byte {
 	r := rand.New(rand.NewPCG(seed, seed+1))
 	b := make([]byte, n)
@@ -210,14 +180,14 @@ func pdf(n int) []byte {
 }
 
 func attachment(name, ctype string, data []byte) string {
-	return part(fmt.Sprintf("Content-Type: %s\nContent-Disposition: attachment; filename=%q\nContent-Transfer-Encoding: base64", ctype, name), b64(data))
+	return servicetest.Part(fmt.Sprintf("Content-Type: %s\nContent-Disposition: attachment; filename=%q\nContent-Transfer-Encoding: base64", ctype, name), servicetest.Base64(data))
 }
 
 var (
-	plain  = part("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 7bit", "Hello,\r\nsee attached.\r\n")
-	htmlQP = part("Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable",
+	plain  = servicetest.Part("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 7bit", "Hello,\r\nsee attached.\r\n")
+	htmlQP = servicetest.Part("Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable",
 		"<html><body><p>Hello, see attached =E2=80=93 thanks.</p></body></html>\r\n")
-	alternative = part(`Content-Type: multipart/alternative; boundary="alt"`, multipart("alt", plain, htmlQP))
+	alternative = servicetest.Part(`Content-Type: multipart/alternative; boundary="alt"`, servicetest.Multipart("alt", plain, htmlQP))
 )
 
 func mixedHeader(boundary string) [][2]string {
@@ -296,7 +266,7 @@ func get(t *testing.T, url string, hdr ...string) (*http.Response, []byte) {
 func TestAttachmentBecomesLink(t *testing.T) {
 	f := newFixture(t, "")
 	doc := pdf(2 << 20)
-	body := multipart("mix", alternative, attachment("report.pdf", "application/pdf", doc))
+	body := servicetest.Multipart("mix", alternative, attachment("report.pdf", "application/pdf", doc))
 	r := f.deliver(t, mixedHeader("mix"), strings.NewReader(body))
 	if r.o.Kind != opes.Continue || r.o.Body == nil {
 		t.Fatalf("outcome %v, body replaced %v", r.o.Kind, r.o.Body != nil)
@@ -404,8 +374,8 @@ func TestShapes(t *testing.T) {
 	doc := pdf(1<<20 + 10)
 	sum := sha256.Sum256(doc)
 	hexSum := hex.EncodeToString(sum[:])
-	latin1 := part("Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable", "Gr=FC=DFe\r\n")
-	b64plain := part("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64", b64([]byte("line one\nline two")))
+	latin1 := servicetest.Part("Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable", "Gr=FC=DFe\r\n")
+	b64plain := servicetest.Part("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64", servicetest.Base64([]byte("line one\nline two")))
 	small := attachment("small.pdf", "application/pdf", pdf(1000))
 	for _, tt := range []struct {
 		name    string
@@ -414,8 +384,8 @@ func TestShapes(t *testing.T) {
 		changed bool
 		check   func(t *testing.T, r *result, p *parsed)
 	}{
-		{"small attachment stays", mixedHeader("m"), multipart("m", plain, small), false, nil},
-		{"no text part: link part inserted", mixedHeader("m"), multipart("m", attachment("a.pdf", "application/pdf", doc)), true,
+		{"small attachment stays", mixedHeader("m"), servicetest.Multipart("m", plain, small), false, nil},
+		{"no text part: link part inserted", mixedHeader("m"), servicetest.Multipart("m", attachment("a.pdf", "application/pdf", doc)), true,
 			func(t *testing.T, r *result, p *parsed) {
 				if !strings.Contains(p.texts["text/plain"], "/"+hexSum+"/a.pdf?e=") {
 					t.Errorf("inserted part: %q", p.texts["text/plain"])
@@ -423,7 +393,7 @@ func TestShapes(t *testing.T) {
 			}},
 		{"whole message is the attachment",
 			[][2]string{{"Subject", "scan"}, {"Content-Type", "application/pdf; name=scan.pdf"}, {"Content-Transfer-Encoding", "base64"}, {"Content-Disposition", "attachment; filename=scan.pdf"}},
-			b64(doc), true,
+			servicetest.Base64(doc), true,
 			func(t *testing.T, r *result, p *parsed) {
 				if len(p.types) != 1 || p.types[0] != "text/plain" || !strings.Contains(p.texts["text/plain"], "/scan.pdf?e=") {
 					t.Errorf("types %v, text %q", p.types, p.texts["text/plain"])
@@ -431,13 +401,13 @@ func TestShapes(t *testing.T) {
 			}},
 		{"related root is wrapped",
 			[][2]string{{"Content-Type", `multipart/related; boundary="r"`}},
-			multipart("r", part("Content-Type: image/png; name=big.png\nContent-Transfer-Encoding: base64", b64(doc))), true,
+			servicetest.Multipart("r", servicetest.Part("Content-Type: image/png; name=big.png\nContent-Transfer-Encoding: base64", servicetest.Base64(doc))), true,
 			func(t *testing.T, r *result, p *parsed) {
 				if p.types[0] != "multipart/mixed" || p.types[2] != "multipart/related" || !strings.Contains(p.texts["text/plain"], "big.png") {
 					t.Errorf("types %v, text %q", p.types, p.texts["text/plain"])
 				}
 			}},
-		{"latin-1 text keeps its charset", mixedHeader("m"), multipart("m", latin1, attachment("März.pdf", "application/pdf", doc)), true,
+		{"latin-1 text keeps its charset", mixedHeader("m"), servicetest.Multipart("m", latin1, attachment("März.pdf", "application/pdf", doc)), true,
 			func(t *testing.T, r *result, p *parsed) {
 				text := p.texts["text/plain"] // go-message decodes to UTF-8
 				if !strings.HasPrefix(text, "Grüße\r\n") || !strings.Contains(text, "* M_rz.pdf (1.0 MiB)") || !strings.Contains(text, "/M%C3%A4rz.pdf?e=") {
@@ -447,7 +417,7 @@ func TestShapes(t *testing.T) {
 					t.Errorf("charset changed:\n%s", r.body)
 				}
 			}},
-		{"base64 text stays base64 with LF", mixedHeader("m"), multipart("m", b64plain, attachment("Bericht März.pdf", "application/pdf", doc)), true,
+		{"base64 text stays base64 with LF", mixedHeader("m"), servicetest.Multipart("m", b64plain, attachment("Bericht März.pdf", "application/pdf", doc)), true,
 			func(t *testing.T, r *result, p *parsed) {
 				text := p.texts["text/plain"]
 				if !strings.HasPrefix(text, "line one\nline two\n") || strings.Contains(text, "\r") || !strings.Contains(text, "* Bericht März.pdf (1.0 MiB)\n") {
@@ -455,17 +425,17 @@ func TestShapes(t *testing.T) {
 				}
 			}},
 		{"inline text with a name is never moved", mixedHeader("m"),
-			multipart("m", plain, part("Content-Type: text/plain; name=log.txt\nContent-Disposition: inline; filename=log.txt", strings.Repeat("log line\r\n", 120000))), false, nil},
+			servicetest.Multipart("m", plain, servicetest.Part("Content-Type: text/plain; name=log.txt\nContent-Disposition: inline; filename=log.txt", strings.Repeat("log line\r\n", 120000))), false, nil},
 		{"signed message untouched",
 			[][2]string{{"Content-Type", `multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="s"`}},
-			multipart("s", part(`Content-Type: multipart/mixed; boundary="m"`, multipart("m", plain, attachment("a.pdf", "application/pdf", doc))),
-				part("Content-Type: application/pkcs7-signature; name=smime.p7s", b64([]byte("sig")))), false,
+			servicetest.Multipart("s", servicetest.Part(`Content-Type: multipart/mixed; boundary="m"`, servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", doc))),
+				servicetest.Part("Content-Type: application/pkcs7-signature; name=smime.p7s", servicetest.Base64([]byte("sig")))), false,
 			func(t *testing.T, r *result, p *parsed) {
 				if !strings.Contains(r.via(), "svc/links; action=analyzed; status=skipped; reason=signed") {
 					t.Errorf("trace %q", r.via())
 				}
 			}},
-		{"too deep left alone", mixedHeader("m"), multipart("m", nest(maxDepth, attachment("a.pdf", "application/pdf", doc))), false,
+		{"too deep left alone", mixedHeader("m"), servicetest.Multipart("m", nest(maxDepth, attachment("a.pdf", "application/pdf", doc))), false,
 			func(t *testing.T, r *result, p *parsed) {
 				if !strings.Contains(r.via(), "svc/links; action=analyzed; status=skipped; reason=malformed") {
 					t.Errorf("trace %q", r.via())
@@ -504,7 +474,7 @@ func TestShapes(t *testing.T) {
 func nest(levels int, p string) string {
 	for i := 0; i < levels; i++ {
 		b := fmt.Sprintf("n%d", i)
-		p = part(`Content-Type: multipart/mixed; boundary="`+b+`"`, multipart(b, p))
+		p = servicetest.Part(`Content-Type: multipart/mixed; boundary="`+b+`"`, servicetest.Multipart(b, p))
 	}
 	return p
 }
@@ -512,7 +482,7 @@ func nest(levels int, p string) string {
 func TestDeduplicated(t *testing.T) {
 	f := newFixture(t, "")
 	doc := pdf(1 << 20)
-	body := multipart("m", plain, attachment("a.pdf", "application/pdf", doc), attachment("copy.pdf", "application/pdf", doc))
+	body := servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", doc), attachment("copy.pdf", "application/pdf", doc))
 	for i := 0; i < 2; i++ {
 		if r := f.deliver(t, mixedHeader("m"), strings.NewReader(body)); r.o.Body == nil {
 			t.Fatalf("delivery %d: body not replaced", i)
@@ -535,7 +505,7 @@ func TestDeduplicated(t *testing.T) {
 // A store that cannot take the file fails the service: the processor's
 // on_error (tempfail for a non-bypassable service) keeps the mail.
 func TestStoreFailureKeepsMail(t *testing.T) {
-	body := multipart("m", plain, attachment("a.pdf", "application/pdf", pdf(2<<20)))
+	body := servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", pdf(2<<20)))
 	for _, tt := range []struct {
 		name   string
 		extra  string
@@ -843,7 +813,7 @@ func TestServicePrunesExpiredFiles(t *testing.T) {
 		}
 	}
 	doc1, doc2 := pdf(1<<20), pdf(1<<20+1)
-	f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
+	f.deliver(t, mixedHeader("m"), strings.NewReader(servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
 	waitPrune() // the first message starts one; nothing is old yet
 	sum1 := sha256.Sum256(doc1)
 	path1 := filepath.Join(f.dir, hex.EncodeToString(sum1[:]))
@@ -851,7 +821,7 @@ func TestServicePrunesExpiredFiles(t *testing.T) {
 		t.Fatalf("stored file gone after the first prune: %v", err)
 	}
 	// Within pruneEvery no second prune starts.
-	f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
+	f.deliver(t, mixedHeader("m"), strings.NewReader(servicetest.Multipart("m", plain, attachment("a.pdf", "application/pdf", doc1))))
 	select {
 	case <-f.svc.pruned:
 		t.Fatal("a second prune within pruneEvery")
@@ -864,7 +834,7 @@ func TestServicePrunesExpiredFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.svc.lastPrune.Add(-int64(pruneEvery / time.Second))
-	r := f.deliver(t, mixedHeader("m"), strings.NewReader(multipart("m", plain, attachment("b.pdf", "application/pdf", doc2))))
+	r := f.deliver(t, mixedHeader("m"), strings.NewReader(servicetest.Multipart("m", plain, attachment("b.pdf", "application/pdf", doc2))))
 	waitPrune()
 	if _, err := os.Stat(path1); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("expired file still stored: %v", err)

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/emersion/go-message/textproto"
+	"github.com/opesmilter/opes-milter/internal/linelen"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -248,9 +249,9 @@ func (s *spaceDropper) Read(p []byte) (int, error) {
 // bounds the line length, and remembers why it failed, so that a failing
 // spool is told apart from a malformed message.
 type guardReader struct {
-	r    io.Reader
-	ctx  context.Context
-	line int
+	r     io.Reader
+	ctx   context.Context
+	lines linelen.Counter
 
 	srcErr  error
 	tooLong bool
@@ -264,19 +265,7 @@ func (g *guardReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := g.r.Read(p)
-	for buf := p[:n]; ; {
-		i := bytes.IndexByte(buf, '\n')
-		if i < 0 {
-			g.line += len(buf)
-			break
-		}
-		if g.line+i > maxLine {
-			g.line += i
-			break
-		}
-		g.line, buf = 0, buf[i+1:]
-	}
-	if g.line > maxLine {
+	if g.lines.Add(p[:n], maxLine) {
 		g.tooLong = true
 		return n, errLineTooLong
 	}

@@ -2,26 +2,16 @@ package tag
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
 const sysURI = "https://mx.example.net/opes/"
-
-func mustNew(t *testing.T, src string) opes.Service {
-	t.Helper()
-	s, err := New(optiontest.Decoder(t, src))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return s
-}
 
 func TestNewErrors(t *testing.T) {
 	tests := []struct {
@@ -49,22 +39,10 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(optiontest.Decoder(t, tt.src))
-			var fe *opes.FieldError
-			if !errors.As(err, &fe) {
-				t.Fatalf("error %v (%T) is not a *opes.FieldError", err, err)
-			}
-			if fe.Field != tt.field {
-				t.Errorf("Field = %q, want %q (%v)", fe.Field, tt.field, fe.Err)
-			}
-			if !strings.Contains(fe.Err.Error(), tt.msg) {
-				t.Errorf("error %q does not mention %q", fe.Err, tt.msg)
-			}
+			servicetest.WantFieldError(t, New, tt.src, tt.field, tt.msg)
 		})
 	}
-	if _, err := New(optiontest.Decoder(t, "[options]\nheader = 5\n")); err == nil || !strings.Contains(err.Error(), "tag: decode options") {
-		t.Errorf("type error: %v, want a wrapped decode error", err)
-	}
+	servicetest.WantDecodeError(t, New, "[options]\nheader = 5\n", "tag")
 }
 
 func TestNeeds(t *testing.T) {
@@ -85,7 +63,7 @@ func TestNeeds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := mustNew(t, tt.src).Needs(); got != tt.want {
+			if got := servicetest.MustNew(t, New, tt.src).Needs(); got != tt.want {
 				t.Errorf("Needs = %+v (%v), want %+v (%v)", got, got.Stages, tt.want, tt.want.Stages)
 			}
 		})
@@ -192,7 +170,7 @@ func TestEndOfMessage(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			stx := mustNew(t, tt.src).Begin(tx)
+			stx := servicetest.MustNew(t, New, tt.src).Begin(tx)
 			defer stx.Close()
 			v, err := stx.EndOfMessage(context.Background())
 			if err != nil {
@@ -221,7 +199,7 @@ func TestEndOfMessageBadSubject(t *testing.T) {
 	defer s.Close()
 	s.Header("Subject", " hello\x1bworld") // raw ISO-2022-JP style escape from the wire
 	tx := s.Transaction()
-	stx := mustNew(t, "[options]\nsubject_prefix = \"[EXTERNAL]\"\n").Begin(tx)
+	stx := servicetest.MustNew(t, New, "[options]\nsubject_prefix = \"[EXTERNAL]\"\n").Begin(tx)
 	defer stx.Close()
 	if _, err := stx.EndOfMessage(context.Background()); err == nil || !strings.Contains(err.Error(), "tag: mark subject") {
 		t.Fatalf("err = %v, want a mark subject error", err)
@@ -231,7 +209,7 @@ func TestEndOfMessageBadSubject(t *testing.T) {
 // TestProcessor runs the service in the real pipeline and checks the
 // header as the MTA will deliver it.
 func TestProcessor(t *testing.T) {
-	svc := mustNew(t, `
+	svc := servicetest.MustNew(t, New, `
 [options]
 header = "X-OPES-Tag: external"
 subject_prefix = "[EXTERNAL]"
@@ -239,31 +217,13 @@ subject_prefix = "[EXTERNAL]"
 authenticated = false
 `)
 	spec := &opes.ServiceSpec{Name: "tag", Kind: "tag", URI: sysURI + "svc/tag", Bypassable: true, Impl: svc}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	s := p.NewSession()
-	defer s.Close()
-	s.Conn().Addr = netip.MustParseAddr("203.0.113.5")
-	s.Connect(ctx)
-	s.Mail(ctx, opes.Address{Addr: "a@example.net"})
-	s.Rcpt(ctx, opes.Address{Addr: "b@example.org"})
-	s.Data(ctx)
+	p := servicetest.NewProcessor(t, sysURI, opes.StageMail, opes.Limits{}, spec)
 	sent := [][2]string{{"From", " a@example.net"}, {"Subject", " Quarterly\r\n report"}, {"To", " b@example.org"}}
 	var in []opes.HeaderField
 	for _, f := range sent {
-		s.Header(f[0], f[1])
 		in = append(in, opes.HeaderField{Name: f[0], Value: f[1]})
 	}
-	s.EndOfHeaders(ctx)
-	s.BodyChunk([]byte("hi\r\n"))
-	o := s.EndOfMessage(ctx, "4XyZ1Q")
+	o := servicetest.Deliver(t, p, sent, "hi\r\n")
 	if o.Kind != opes.Continue {
 		t.Fatalf("EOM: %v", o.Kind)
 	}
