@@ -1,7 +1,9 @@
 // Package enginetest starts the content engines the tests scan with: a real
 // clamd, spamd, rspamd and OpenDKIM, all offline, private to the caller, on free
-// loopback ports, in directories of their own. It is imported only by tests
-// (the service packages and integration).
+// loopback ports, in directories of their own, and shares one engine among the
+// tests of a package (Shared). It is imported only by tests (the service
+// packages and integration). It must not import package opes: opes imports
+// opes/bypass, whose own tests import this package.
 package enginetest
 
 import (
@@ -10,7 +12,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -107,9 +111,16 @@ type daemon struct {
 	ownsDir bool
 }
 
-// waitReady polls ready every interval until it answers (nil), the daemon
-// exits, or a minute has passed since start; logs describes the failure.
-func (d *daemon) waitReady(name string, start time.Time, every time.Duration, ready func() error, logs func() string) error {
+// waitReady first gives started (if set) the pid of the daemon, which
+// has just run, and then polls ready every interval until it answers
+// (nil), the daemon exits, or a minute has passed since start; logs
+// describes the failure.
+func (d *daemon) waitReady(name string, start time.Time, every time.Duration, started func(pid int) error, ready func() error, logs func() string) error {
+	if started != nil {
+		if err := started(d.cmd.Process.Pid); err != nil {
+			return err
+		}
+	}
 	for time.Since(start) < 60*time.Second {
 		select {
 		case <-d.done:
@@ -122,6 +133,48 @@ func (d *daemon) waitReady(name string, start time.Time, every time.Duration, re
 	}
 	return fmt.Errorf("%s did not answer within 60 s:\n%s", name, logs())
 }
+
+// dropRootTo prepares the start as root of a daemon that refuses to keep
+// root and changes to account, the system user its Debian package
+// creates: dirs, where it writes, become the account's and d.dir is
+// opened to it. engine and aptHint make the error when the account is
+// missing.
+func (d *daemon) dropRootTo(account, engine, aptHint string, dirs ...string) error {
+	u, err := user.Lookup(account)
+	if err != nil {
+		return fmt.Errorf("%s as root needs the %s user (%v); install: %s", engine, account, err, aptHint)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	for _, dir := range dirs {
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(d.dir, 0o755)
+}
+
+// endpoints are where a daemon listens: a free loopback TCP port and a
+// unix socket in its directory.
+type endpoints struct {
+	addr string // 127.0.0.1:port
+	sock string // unix socket path
+}
+
+// newEndpoints picks the port and names the socket file sockName in dir.
+func newEndpoints(dir, sockName string) (endpoints, error) {
+	port, err := FreePort()
+	if err != nil {
+		return endpoints{}, err
+	}
+	return endpoints{addr: "127.0.0.1:" + strconv.Itoa(port), sock: filepath.Join(dir, sockName)}, nil
+}
+
+// Addr is the daemon's TCP address, "127.0.0.1:PORT".
+func (e endpoints) Addr() string { return e.addr }
+
+// Socket is the path of the daemon's unix socket (mode 0666).
+func (e endpoints) Socket() string { return e.sock }
 
 // ask sends req to addr over TCP (bounded at 2 s) and returns a reader of
 // the answer; the caller checks it and closes the connection.

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -119,11 +117,10 @@ type RspamdOptions struct {
 // list of six) and the stop words of the 46 languages of the language
 // detector (the test instance loads English only, about 1.2 s of CPU
 // saved). disable_hyperscan and the absence of the stock rules do the
-// rest.
+// rest. Addr and Socket are the normal worker's.
 type Rspamd struct {
 	daemon
-	addr string // 127.0.0.1:port
-	sock string // unix socket path
+	endpoints
 }
 
 // StartRspamd writes the configuration, starts rspamd in the foreground
@@ -148,12 +145,10 @@ func StartRspamd(opts RspamdOptions) (*Rspamd, error) {
 
 func (r *Rspamd) start(bin string, started func(int) error) error {
 	dir := r.dir
-	port, err := FreePort()
-	if err != nil {
+	var err error
+	if r.endpoints, err = newEndpoints(dir, "rspamd.sock"); err != nil {
 		return err
 	}
-	r.addr = "127.0.0.1:" + strconv.Itoa(port)
-	r.sock = filepath.Join(dir, "rspamd.sock")
 	conf := fmt.Sprintf(`# opes-milter test rspamd (internal/enginetest); nothing of /etc/rspamd
 options {
   pidfile = %[1]q;
@@ -216,18 +211,8 @@ lua = %[11]q;
 	}
 	args := []string{"-f", "-c", filepath.Join(dir, "rspamd.conf")}
 	if os.Geteuid() == 0 {
-		// rspamd refuses to run its workers as root; the Debian package
-		// creates this user.
-		u, err := user.Lookup("_rspamd")
-		if err != nil {
-			return fmt.Errorf("rspamd as root needs the _rspamd user (%v); install: %s", err, RspamdAptHint)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return err
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
+		// rspamd refuses to run its workers as root.
+		if err := r.dropRootTo("_rspamd", "rspamd", RspamdAptHint, dir); err != nil {
 			return err
 		}
 		args = append(args, "-u", "_rspamd", "-g", "_rspamd")
@@ -247,19 +232,8 @@ lua = %[11]q;
 			return err
 		}
 	}
-	if started != nil {
-		if err := started(r.cmd.Process.Pid); err != nil {
-			return err
-		}
-	}
-	return r.waitReady("rspamd", start, 20*time.Millisecond, func() error { return RspamdPing(r.addr) }, r.Logs)
+	return r.waitReady("rspamd", start, 20*time.Millisecond, started, func() error { return RspamdPing(r.addr) }, r.Logs)
 }
-
-// Addr is the normal worker's TCP address, "127.0.0.1:PORT".
-func (r *Rspamd) Addr() string { return r.addr }
-
-// Socket is the path of the normal worker's unix socket (mode 0666).
-func (r *Rspamd) Socket() string { return r.sock }
 
 // Stop stops rspamd (SIGTERM, which takes the workers down; SIGKILL after
 // 10 s), waits for the exit and removes the directory StartRspamd made. It

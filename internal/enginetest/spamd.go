@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -29,8 +27,7 @@ type SpamdOptions struct {
 // configuration with required_score 5.0.
 type Spamd struct {
 	daemon
-	addr string // 127.0.0.1:port
-	sock string // unix socket path
+	endpoints
 }
 
 // StartSpamd starts spamd and waits until it answers PING (about 2 s). The
@@ -81,30 +78,17 @@ func (s *Spamd) start(bin string, pres []string, started func(int) error) error 
 	if err := os.WriteFile(filepath.Join(site, "local.cf"), []byte(local), 0o644); err != nil {
 		return err
 	}
-	port, err := FreePort()
-	if err != nil {
+	var err error
+	if s.endpoints, err = newEndpoints(dir, "spamd.sock"); err != nil {
 		return err
 	}
-	s.addr = "127.0.0.1:" + strconv.Itoa(port)
-	s.sock = filepath.Join(dir, "spamd.sock")
 	args := []string{"-L", "-x", "-H", home, "--siteconfigpath=" + site,
 		"--listen=" + s.addr, "--listen=" + s.sock, "--socketmode=0666",
 		"--allowed-ips=127.0.0.1", "--max-children=2", "--min-children=1", "--min-spare=1", "--max-spare=2",
 		"--syslog=" + filepath.Join(dir, "spamd.log")}
 	if os.Geteuid() == 0 {
-		// spamd refuses to keep root; the Debian package creates this user.
-		u, err := user.Lookup("debian-spamd")
-		if err != nil {
-			return fmt.Errorf("spamd as root needs the debian-spamd user (%v); install: %s", err, SpamdAptHint)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		for _, d := range []string{dir, home} {
-			if err := os.Chown(d, uid, gid); err != nil {
-				return err
-			}
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
+		// spamd refuses to keep root.
+		if err := s.dropRootTo("debian-spamd", "spamd", SpamdAptHint, dir, home); err != nil {
 			return err
 		}
 		args = append(args, "-u", "debian-spamd")
@@ -114,19 +98,8 @@ func (s *Spamd) start(bin string, pres []string, started func(int) error) error 
 	if err := s.daemon.start("spamd.out"); err != nil {
 		return err
 	}
-	if started != nil {
-		if err := started(s.cmd.Process.Pid); err != nil {
-			return err
-		}
-	}
-	return s.waitReady("spamd", start, 50*time.Millisecond, func() error { return SpamdPing(s.addr) }, s.Logs)
+	return s.waitReady("spamd", start, 50*time.Millisecond, started, func() error { return SpamdPing(s.addr) }, s.Logs)
 }
-
-// Addr is spamd's TCP address, "127.0.0.1:PORT".
-func (s *Spamd) Addr() string { return s.addr }
-
-// Socket is the path of spamd's unix socket (mode 0666).
-func (s *Spamd) Socket() string { return s.sock }
 
 // Stop stops spamd (SIGTERM takes the preforked children down; SIGKILL
 // after 10 s), waits for the exit and removes the directory StartSpamd

@@ -1,11 +1,8 @@
 package rspamd
 
 import (
-	"fmt"
 	"os"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/opesmilter/opes-milter/internal/enginetest"
 )
@@ -21,19 +18,11 @@ import (
 // patterns, and test rules whose tokens give a message a known score.
 // Package: rspamd.
 
-var testRspamd struct {
-	once sync.Once
-	err  error
-	r    *enginetest.Rspamd
-}
+var testRspamd = enginetest.Shared[*enginetest.Rspamd]{Name: "rspamd", Start: func() (*enginetest.Rspamd, error) {
+	return enginetest.StartRspamd(enginetest.RspamdOptions{})
+}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if testRspamd.r != nil {
-		testRspamd.r.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testRspamd.Run(m)) }
 
 // needRspamd returns the TCP address and unix socket path of the shared
 // rspamd; it skips when rspamd is not installed and fails when it is but
@@ -43,15 +32,6 @@ func needRspamd(t testing.TB) (tcp, sock string) {
 	if _, err := enginetest.LookBin("rspamd", enginetest.RspamdAptHint); err != nil {
 		t.Skipf("rspamd is not installed: %v", err)
 	}
-	testRspamd.once.Do(func() {
-		start := time.Now()
-		testRspamd.r, testRspamd.err = enginetest.StartRspamd(enginetest.RspamdOptions{})
-		if testRspamd.err == nil {
-			fmt.Fprintf(os.Stderr, "rspamd test server up on %s and %s after %v\n", testRspamd.r.Addr(), testRspamd.r.Socket(), time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if testRspamd.err != nil {
-		t.Fatalf("rspamd for the tests: %v", testRspamd.err)
-	}
-	return testRspamd.r.Addr(), testRspamd.r.Socket()
+	r := testRspamd.Get(t)
+	return r.Addr(), r.Socket()
 }

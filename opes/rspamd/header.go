@@ -3,6 +3,8 @@ package rspamd
 import (
 	"strconv"
 	"strings"
+
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 )
 
 // Bounds of the header fields the service writes.
@@ -23,7 +25,7 @@ func statusValue(spam bool, res *result) string {
 	if spam {
 		yes = "Yes"
 	}
-	return yes + ", score=" + formatScore(res.Score) + " required=" + formatScore(res.Required) +
+	return yes + ", score=" + spamengine.FormatScore(res.Score) + " required=" + spamengine.FormatScore(res.Required) +
 		" action=" + strings.ReplaceAll(res.Action, " ", "_")
 }
 

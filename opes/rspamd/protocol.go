@@ -9,6 +9,8 @@ import (
 	"math"
 	"sort"
 	"strings"
+
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 )
 
 // result is rspamd's answer to /checkv2, reduced to what we act on.
@@ -87,14 +89,14 @@ func parseResult(r io.Reader) (*result, error) {
 	var w wireResult
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&w); err != nil {
-		return nil, fmt.Errorf("%w: %v (starts %q)", errProtocol, err, clip(string(body)))
+		return nil, fmt.Errorf("%w: %v (starts %q)", errProtocol, err, spamengine.Clip(string(body)))
 	}
 	if w.Action == nil || w.Score == nil {
-		return nil, fmt.Errorf("%w: no action or score (starts %q)", errProtocol, clip(string(body)))
+		return nil, fmt.Errorf("%w: no action or score (starts %q)", errProtocol, spamengine.Clip(string(body)))
 	}
 	res := &result{Action: *w.Action, Score: *w.Score}
 	if !knownActions[res.Action] {
-		return nil, fmt.Errorf("%w: unknown action %q", errProtocol, clip(res.Action))
+		return nil, fmt.Errorf("%w: unknown action %q", errProtocol, spamengine.Clip(res.Action))
 	}
 	if !scoreOK(res.Score) {
 		return nil, fmt.Errorf("%w: score %v", errProtocol, res.Score)
@@ -111,7 +113,7 @@ func parseResult(r io.Reader) (*result, error) {
 	for name, s := range w.Symbols {
 		// The name ends up in a header field and maybe an SMTP reply.
 		if len(name) > maxSymbolLen || !isSymbol(name) {
-			return nil, fmt.Errorf("%w: symbol %q", errProtocol, clip(name))
+			return nil, fmt.Errorf("%w: symbol %q", errProtocol, spamengine.Clip(name))
 		}
 		if !scoreOK(s.Score) {
 			return nil, fmt.Errorf("%w: symbol %s score %v", errProtocol, name, s.Score)
@@ -165,24 +167,6 @@ func printable(s string, max int) string {
 			break
 		}
 		b.WriteByte(c)
-	}
-	return b.String()
-}
-
-// clip keeps wire text in error messages short and printable: errors end
-// up in logs.
-func clip(s string) string {
-	const max = 64
-	var b strings.Builder
-	for i := 0; i < len(s) && i < max; i++ {
-		c := s[i]
-		if c < 0x20 || c > 0x7e {
-			c = '?'
-		}
-		b.WriteByte(c)
-	}
-	if len(s) > max {
-		b.WriteString("...")
 	}
 	return b.String()
 }

@@ -57,18 +57,16 @@ package rspamd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/spamlevel"
 )
@@ -230,7 +228,7 @@ func (s *service) check(ctx context.Context, head string, tx *opes.Transaction) 
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-		return nil, s.wrap("answer", fmt.Errorf("HTTP status %q: %s", clip(resp.Status), clip(string(b))))
+		return nil, s.wrap("answer", fmt.Errorf("HTTP status %q: %s", spamengine.Clip(resp.Status), spamengine.Clip(string(b))))
 	}
 	res, err := parseResult(resp.Body)
 	if err != nil {
@@ -240,10 +238,7 @@ func (s *service) check(ctx context.Context, head string, tx *opes.Transaction) 
 }
 
 func (s *service) wrap(what string, err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("rspamd %s: %s: no answer within %s: %w", s.addr, what, s.timeout, err)
-	}
-	return fmt.Errorf("rspamd %s: %s: %w", s.addr, what, err)
+	return spamengine.CallError("rspamd", s.addr, what, s.timeout, err)
 }
 
 // setEnvelope puts the envelope and the client facts into the request
@@ -319,23 +314,15 @@ func (s *service) engineLevel(action string) (lvl spamlevel.Level, tempfail bool
 // act turns rspamd's answer into the verdict and header changes.
 func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 	engine, tempfail := s.engineLevel(res.Action)
-	var rcpts []string
-	for _, r := range tx.AcceptedRecipients() {
-		rcpts = append(rcpts, r.Addr)
-	}
-	d := s.table.Decide(res.Score, engine, rcpts)
-	score := formatScore(res.Score)
+	d := s.table.Decide(res.Score, engine, spamengine.Recipients(tx))
+	score := spamengine.FormatScore(res.Score)
 	reason := fmt.Sprintf("spam score %s, rspamd action %s", score, res.Action)
 	if d.Level == spamlevel.Reject {
-		// Nothing is delivered, so the header is left alone.
 		text := "Message refused as spam (score " + score + summary(res.Symbols) + ")"
 		if res.Message != "" && engine == spamlevel.Reject {
 			text = res.Message + " (score " + score + summary(res.Symbols) + ")"
 		}
-		return opes.Verdict{
-			Kind: opes.Reject, Action: "rejected", Reason: reason,
-			Reply: opes.Reply{Enhanced: "5.7.1", Text: text},
-		}, nil
+		return spamengine.Refuse(reason, text), nil
 	}
 	if tempfail {
 		text := res.Message
@@ -347,48 +334,18 @@ func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 			Reply: opes.Reply{Code: 451, Enhanced: "4.7.1", Text: text},
 		}, nil
 	}
-	action := "analyzed"
-	if d.Level >= spamlevel.Tag || s.addHeader || s.table.PerRecipient() {
-		// A sender's own fields would contradict ours, or be trusted by a
-		// mail client filter: ours replace them.
-		for _, f := range []string{FieldScore, FieldStatus, FieldResult, FieldLevels} {
-			tx.Header.Del(f)
-		}
-	}
-	if d.Level >= spamlevel.Tag || s.addHeader {
-		fields := [][2]string{
-			{FieldScore, score},
-			{FieldStatus, statusValue(d.Level >= spamlevel.Tag, res)},
-			{FieldResult, resultValue(d.Level >= spamlevel.Tag, res)},
-		}
-		for _, f := range fields {
-			if err := tx.Header.Add(f[0], f[1]); err != nil {
-				return opes.Verdict{}, fmt.Errorf("rspamd: add %s: %w", f[0], err)
-			}
-		}
-		action = "header-added"
+	m := spamengine.Marking{Engine: "rspamd", Owned: []string{FieldScore, FieldStatus, FieldResult, FieldLevels},
+		SubjectPrefix: s.subjectPrefix(d.Level, res.Action)}
+	if spam := d.Level >= spamlevel.Tag; spam || s.addHeader {
+		m.Fields = append(m.Fields,
+			opes.HeaderField{Name: FieldScore, Value: score},
+			opes.HeaderField{Name: FieldStatus, Value: statusValue(spam, res)},
+			opes.HeaderField{Name: FieldResult, Value: resultValue(spam, res)})
 	}
 	if s.table.PerRecipient() {
-		if err := tx.Header.Add(FieldLevels, d.HeaderValue(FieldLevels)); err != nil {
-			return opes.Verdict{}, fmt.Errorf("rspamd: add %s: %w", FieldLevels, err)
-		}
-		action = "header-added"
+		m.Fields = append(m.Fields, opes.HeaderField{Name: FieldLevels, Value: d.HeaderValue(FieldLevels)})
 	}
-	if prefix := s.subjectPrefix(d.Level, res.Action); prefix != "" {
-		marked, err := tx.Header.MarkSubject(prefix)
-		if err != nil {
-			return opes.Verdict{}, fmt.Errorf("rspamd: mark subject: %w", err)
-		}
-		if marked {
-			action = "tagged"
-		}
-	}
-	if d.Level == spamlevel.Quarantine {
-		// The header changes above still apply: they tell whoever reviews
-		// the quarantine why the message is there.
-		return opes.Verdict{Kind: opes.Quarantine, Action: "quarantined", Reason: reason}, nil
-	}
-	return opes.Verdict{Kind: opes.Continue, Action: action, Reason: reason}, nil
+	return m.Apply(tx, d.Level, reason)
 }
 
 // subjectPrefix is the Subject mark for a message at level lvl, "" for
@@ -433,7 +390,3 @@ func summary(syms []symbol) string {
 	}
 	return ": " + strings.Join(names, ", ")
 }
-
-// formatScore prints a score with one decimal, as X-Spam-Score does for
-// SpamAssassin.
-func formatScore(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) }

@@ -146,9 +146,10 @@ func gtubeMessage() message {
 	return m
 }
 
-// storingProcessor returns a processor whose policy has svc in a rule,
-// so that it stores the body; the tests that call the service directly
-// never reach the rule's stage.
+// storingProcessor returns a processor whose policy runs svc in an
+// inbound rule, as runPipeline needs; the tests that call the service
+// directly use it because it stores the body, and never reach the rule's
+// stage.
 func storingProcessor(t testing.TB, svc opes.Service) *opes.Processor {
 	t.Helper()
 	spec := &opes.ServiceSpec{Name: "spam", Kind: "rspamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: svc}
@@ -453,7 +454,6 @@ func TestOversize(t *testing.T) {
 	}
 }
 
-// deadAddr returns a loopback address nothing listens on.
 // TestUnreachable: the engine down is an error (the service's on_error
 // decides), never a verdict.
 func TestUnreachable(t *testing.T) {
@@ -563,17 +563,8 @@ func TestProcessor(t *testing.T) {
 
 func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.HeaderField) {
 	t.Helper()
-	spec := &opes.ServiceSpec{Name: "spam", Kind: "rspamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: mustNew(t, src)}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	s := p.NewSession()
+	s := storingProcessor(t, mustNew(t, src)).NewSession()
 	t.Cleanup(s.Close)
 	*s.Conn() = m.conn
 	s.Connect(ctx)

@@ -1,11 +1,8 @@
 package spamd
 
 import (
-	"fmt"
 	"os"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/opesmilter/opes-milter/internal/enginetest"
 )
@@ -20,33 +17,16 @@ import (
 // ships, -L (local tests only, no DNS/RBL), no sa-update, no Bayes, a
 // temporary site configuration. Packages: spamassassin spamd spamc.
 
-var testSpamd struct {
-	once sync.Once
-	err  error
-	s    *enginetest.Spamd
-}
+var testSpamd = enginetest.Shared[*enginetest.Spamd]{Name: "spamd", Start: func() (*enginetest.Spamd, error) {
+	return enginetest.StartSpamd(enginetest.SpamdOptions{})
+}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if testSpamd.s != nil {
-		testSpamd.s.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testSpamd.Run(m)) }
 
 // needSpamd returns the TCP address and unix socket path of the shared
 // spamd, failing the test (not skipping it) when spamd cannot run.
 func needSpamd(t testing.TB) (tcp, sock string) {
 	t.Helper()
-	testSpamd.once.Do(func() {
-		start := time.Now()
-		testSpamd.s, testSpamd.err = enginetest.StartSpamd(enginetest.SpamdOptions{})
-		if testSpamd.err == nil {
-			fmt.Fprintf(os.Stderr, "spamd test server up on %s and %s after %v\n", testSpamd.s.Addr(), testSpamd.s.Socket(), time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if testSpamd.err != nil {
-		t.Fatalf("spamd for the tests: %v", testSpamd.err)
-	}
-	return testSpamd.s.Addr(), testSpamd.s.Socket()
+	s := testSpamd.Get(t)
+	return s.Addr(), s.Socket()
 }

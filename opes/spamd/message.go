@@ -4,6 +4,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -126,7 +127,7 @@ func statusValue(res *result) string {
 		}
 		tests = tests[:cut] + ",..."
 	}
-	words := []string{yes + ",", "score=" + formatScore(res.Score), "required=" + formatScore(res.Required), "tests=" + tests}
+	words := []string{yes + ",", "score=" + spamengine.FormatScore(res.Score), "required=" + spamengine.FormatScore(res.Required), "tests=" + tests}
 	return fold(len(FieldStatus)+2, words)
 }
 

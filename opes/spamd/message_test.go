@@ -3,6 +3,7 @@ package spamd
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,29 +116,19 @@ func TestMarkSubject(t *testing.T) {
 func TestSpamdSeesEnvelope(t *testing.T) {
 	tcp, _ := needSpamd(t)
 	s := mustNew(t, opts(tcp, "add_header = true"))
-	m := gtubeMessage()
-	p := storingProcessor(t, s)
-	sess := p.NewSession()
-	defer sess.Close()
-	*sess.Conn() = m.conn
-	tx := sess.Transaction()
-	tx.Sender = &opes.Address{Addr: m.sender}
-	for _, f := range m.header {
-		sess.Header(f[0], f[1])
-	}
-	sess.BodyChunk([]byte(m.body))
+	tx := gtubeMessage().tx(t, s)
 	res, err := s.check(context.Background(), envelopeLines(tx, time.Now())+opes.FormatHeader(tx.Header.Fields())+"\r\n", tx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if contains(res.Symbols, "NO_RELAYS") || contains(res.Symbols, "NO_RECEIVED") {
+	if slices.Contains(res.Symbols, "NO_RELAYS") || slices.Contains(res.Symbols, "NO_RECEIVED") {
 		t.Errorf("spamd did not see the synthetic hop: %v", res.Symbols)
 	}
 	bare, err := s.check(context.Background(), opes.FormatHeader(tx.Header.Fields())+"\r\n", tx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !contains(bare.Symbols, "NO_RELAYS") {
+	if !slices.Contains(bare.Symbols, "NO_RELAYS") {
 		t.Errorf("control without the hop lacks NO_RELAYS: %v", bare.Symbols)
 	}
 }

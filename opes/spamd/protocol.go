@@ -9,6 +9,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 )
 
 // result is spamd's answer to a SYMBOLS request.
@@ -72,7 +74,7 @@ func parseResponse(r io.Reader) (*result, error) {
 		}
 		name, value, ok := strings.Cut(line, ":")
 		if !ok {
-			return nil, fmt.Errorf("%w: header line %q has no colon", errProtocol, clip(line))
+			return nil, fmt.Errorf("%w: header line %q has no colon", errProtocol, spamengine.Clip(line))
 		}
 		value = strings.TrimSpace(value)
 		switch strings.ToLower(strings.TrimSpace(name)) {
@@ -82,7 +84,7 @@ func parseResponse(r io.Reader) (*result, error) {
 			}
 			n, err := strconv.Atoi(value)
 			if err != nil || n < 0 || n > maxResponseBody {
-				return nil, fmt.Errorf("%w: Content-length %q not in 0..%d", errProtocol, clip(value), maxResponseBody)
+				return nil, fmt.Errorf("%w: Content-length %q not in 0..%d", errProtocol, spamengine.Clip(value), maxResponseBody)
 			}
 			bodyLen = n
 		case "spam":
@@ -143,19 +145,19 @@ func readLine(br *bufio.Reader) (string, error) {
 func parseStatus(line string) error {
 	rest, ok := strings.CutPrefix(line, "SPAMD/1.")
 	if !ok {
-		return fmt.Errorf("%w: status line %q", errProtocol, clip(line))
+		return fmt.Errorf("%w: status line %q", errProtocol, spamengine.Clip(line))
 	}
 	minor, rest, _ := strings.Cut(rest, " ")
 	if !allDigits(minor) {
-		return fmt.Errorf("%w: status line %q", errProtocol, clip(line))
+		return fmt.Errorf("%w: status line %q", errProtocol, spamengine.Clip(line))
 	}
 	codeText, msg, _ := strings.Cut(strings.TrimLeft(rest, " "), " ")
 	code, err := strconv.Atoi(codeText)
 	if err != nil || !allDigits(codeText) || code > 255 {
-		return fmt.Errorf("%w: status line %q", errProtocol, clip(line))
+		return fmt.Errorf("%w: status line %q", errProtocol, spamengine.Clip(line))
 	}
 	if code != 0 {
-		return fmt.Errorf("spamd refused the request: %d %s", code, clip(msg))
+		return fmt.Errorf("spamd refused the request: %d %s", code, spamengine.Clip(msg))
 	}
 	return nil
 }
@@ -163,7 +165,7 @@ func parseStatus(line string) error {
 // parseSpamLine parses "True ; 7.5 / 5.0" (spamd also says Yes/No).
 func parseSpamLine(v string) (spam bool, score, required float64, err error) {
 	bad := func() (bool, float64, float64, error) {
-		return false, 0, 0, fmt.Errorf("%w: Spam line %q", errProtocol, clip(v))
+		return false, 0, 0, fmt.Errorf("%w: Spam line %q", errProtocol, spamengine.Clip(v))
 	}
 	flag, scores, ok := strings.Cut(v, ";")
 	if !ok {
@@ -227,7 +229,7 @@ func parseSymbols(body []byte) ([]string, error) {
 			continue // "A,,B" or a trailing comma: harmless
 		}
 		if len(p) > maxSymbolLen || !isSymbol(p) {
-			return nil, fmt.Errorf("%w: symbol %q", errProtocol, clip(p))
+			return nil, fmt.Errorf("%w: symbol %q", errProtocol, spamengine.Clip(p))
 		}
 		out = append(out, p)
 	}
@@ -251,22 +253,4 @@ func allDigits(s string) bool {
 		}
 	}
 	return s != ""
-}
-
-// clip keeps wire text in error messages short and printable: errors end
-// up in logs.
-func clip(s string) string {
-	const max = 64
-	var b strings.Builder
-	for i := 0; i < len(s) && i < max; i++ {
-		c := s[i]
-		if c < 0x20 || c > 0x7e {
-			c = '?'
-		}
-		b.WriteByte(c)
-	}
-	if len(s) > max {
-		b.WriteString("...")
-	}
-	return b.String()
 }

@@ -18,7 +18,7 @@
 //
 //	address = "127.0.0.1:783"   # required; host:port, or a unix socket ("/path" or "unix:/path")
 //	timeout = "30s"             # whole exchange with spamd
-//	max_size = 512000           # octets; larger messages are not scanned (like spamc's 500 KiB)
+//	max_size = 512000           # octets; larger messages are not scanned (like spamc's 500 KiB; status=skipped)
 //	user = "spam"               # optional: spamd user whose preferences apply
 //	add_header = true           # X-Spam-Score and X-Spam-Status on every scanned message
 //	subject_prefix = "[SPAM]"   # on spam (spamd's own threshold); not added twice
@@ -52,15 +52,13 @@ package spamd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/spamengine"
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/spamlevel"
 )
@@ -152,8 +150,9 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	header := opes.FormatHeader(tx.Header.Fields())
 	if size := int64(len(header)) + 2 + tx.Size(); size > s.maxSize {
 		// Defined behaviour for big mail, as spamc does: deliver it
-		// unscanned rather than tie up spamd; the trace says analyzed.
-		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Reason: "not scanned: larger than max_size"}, nil
+		// unscanned rather than tie up spamd; the trace says skipped, as
+		// for the other scanners.
+		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Status: "skipped", Reason: "not scanned: larger than max_size"}, nil
 	}
 	res, err := s.check(ctx, envelopeLines(tx, time.Now())+header+"\r\n", tx)
 	if err != nil {
@@ -170,66 +169,29 @@ func (s *service) act(tx *opes.Transaction, res *result) (opes.Verdict, error) {
 	if res.Spam {
 		engine = spamlevel.Tag
 	}
-	var rcpts []string
-	for _, r := range tx.AcceptedRecipients() {
-		rcpts = append(rcpts, r.Addr)
-	}
-	d := s.table.Decide(res.Score, engine, rcpts)
+	d := s.table.Decide(res.Score, engine, spamengine.Recipients(tx))
 	spam := d.Level >= spamlevel.Tag
-	score := formatScore(res.Score)
+	score := spamengine.FormatScore(res.Score)
 	if d.Level == spamlevel.Reject {
-		// Nothing is delivered, so the header is left alone.
-		return opes.Verdict{
-			Kind: opes.Reject, Action: "rejected", Reason: "spam score " + score,
-			Reply: opes.Reply{Enhanced: "5.7.1", Text: "Message refused as spam (score " + score + ")"},
-		}, nil
+		return spamengine.Refuse("spam score "+score, "Message refused as spam (score "+score+")"), nil
 	}
-	action := "analyzed"
-	if s.addHeader || s.table.PerRecipient() {
-		// A sender's own X-Spam-* fields would contradict ours, or be
-		// trusted by a mail client filter: ours replace them.
-		tx.Header.Del(FieldScore)
-		tx.Header.Del(FieldStatus)
-		tx.Header.Del(FieldLevels)
-	}
+	m := spamengine.Marking{Engine: "spamd", Owned: []string{FieldScore, FieldStatus, FieldLevels}}
 	if s.addHeader {
 		// Yes/No is our decision (spamd's unless tag_score is set), so it
 		// agrees with the Subject mark.
 		st := *res
 		st.Spam = spam
-		if err := tx.Header.Add(FieldScore, score); err != nil {
-			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldScore, err)
-		}
-		if err := tx.Header.Add(FieldStatus, statusValue(&st)); err != nil {
-			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldStatus, err)
-		}
-		action = "header-added"
+		m.Fields = append(m.Fields, opes.HeaderField{Name: FieldScore, Value: score}, opes.HeaderField{Name: FieldStatus, Value: statusValue(&st)})
 	}
 	if s.table.PerRecipient() {
-		if err := tx.Header.Add(FieldLevels, d.HeaderValue(FieldLevels)); err != nil {
-			return opes.Verdict{}, fmt.Errorf("spamd: add %s: %w", FieldLevels, err)
-		}
-		action = "header-added"
-	}
-	if s.prefix != "" && spam {
-		marked, err := tx.Header.MarkSubject(s.prefix)
-		if err != nil {
-			return opes.Verdict{}, fmt.Errorf("spamd: mark subject: %w", err)
-		}
-		if marked {
-			action = "tagged"
-		}
-	}
-	if d.Level == spamlevel.Quarantine {
-		// The header changes above still apply: they tell whoever reviews
-		// the quarantine why the message is there.
-		return opes.Verdict{Kind: opes.Quarantine, Action: "quarantined", Reason: "spam score " + score}, nil
+		m.Fields = append(m.Fields, opes.HeaderField{Name: FieldLevels, Value: d.HeaderValue(FieldLevels)})
 	}
 	reason := "ham score " + score
 	if spam {
+		m.SubjectPrefix = s.prefix
 		reason = "spam score " + score
 	}
-	return opes.Verdict{Kind: opes.Continue, Action: action, Reason: reason}, nil
+	return m.Apply(tx, d.Level, reason)
 }
 
 // check sends the message to spamd and reads the answer. head is
@@ -278,11 +240,5 @@ func (s *service) check(ctx context.Context, head string, tx *opes.Transaction) 
 }
 
 func (s *service) wrap(what string, err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("spamd %s: %s: no answer within %s: %w", s.addr, what, s.timeout, err)
-	}
-	return fmt.Errorf("spamd %s: %s: %w", s.addr, what, err)
+	return spamengine.CallError("spamd", s.addr, what, s.timeout, err)
 }
-
-// formatScore prints a score the way spamd does: one decimal.
-func formatScore(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) }

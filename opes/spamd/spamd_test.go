@@ -5,19 +5,18 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/internal/faulttest"
 	"github.com/opesmilter/opes-milter/internal/optiontest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
-const (
-	sysURI = "https://mx.example.net/opes/"
-	gtube  = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-)
+const sysURI = "https://mx.example.net/opes/"
 
 func mustNew(t *testing.T, src string) *service {
 	t.Helper()
@@ -99,12 +98,34 @@ type message struct {
 	body   string
 	conn   opes.Connection
 	sender string
+	rcpts  []string
 }
 
-// storingProcessor returns a processor whose policy has svc in a rule,
-// so that it stores the body; the tests that call the service directly
-// never reach the rule's stage.
-func storingProcessor(t *testing.T, svc opes.Service) *opes.Processor {
+func hamMessage() message {
+	return message{
+		header: [][2]string{
+			{"From", " Alice <alice@example.org>"}, {"To", " bob@example.net"}, {"Subject", " lunch"},
+			{"Message-ID", " <20261125120000.4711@mail.example.org>"}, {"Date", " " + time.Now().Format(time.RFC1123Z)},
+		},
+		body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
+		conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org"},
+		sender: "alice@example.org",
+		rcpts:  []string{"bob@example.net"},
+	}
+}
+
+func gtubeMessage() message {
+	m := hamMessage()
+	m.header[2][1] = " gtube"
+	m.body = "This is the GTUBE.\r\n" + enginetest.GTUBE + "\r\n"
+	return m
+}
+
+// storingProcessor returns a processor whose policy runs svc in an
+// inbound rule, as runPipeline needs; the tests that call the service
+// directly use it because it stores the body, and never reach the rule's
+// stage.
+func storingProcessor(t testing.TB, svc opes.Service) *opes.Processor {
 	t.Helper()
 	spec := &opes.ServiceSpec{Name: "spam", Kind: "spamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: svc}
 	p, err := opes.NewProcessor(&opes.Policy{
@@ -118,43 +139,31 @@ func storingProcessor(t *testing.T, svc opes.Service) *opes.Processor {
 	return p
 }
 
-func hamMessage() message {
-	return message{
-		header: [][2]string{
-			{"From", " Alice <alice@example.org>"}, {"To", " bob@example.net"}, {"Subject", " lunch"},
-			{"Message-ID", " <20261125120000.4711@mail.example.org>"}, {"Date", " " + time.Now().Format(time.RFC1123Z)},
-		},
-		body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
-		conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org"},
-		sender: "alice@example.org",
-	}
-}
-
-func gtubeMessage() message {
-	m := hamMessage()
-	m.header[2][1] = " gtube"
-	m.body = "This is the GTUBE.\r\n" + gtube + "\r\n"
-	return m
-}
-
-// run drives the message through a Session up to the end of message and
-// calls the service directly, so the verdict and the header can be
-// checked without a policy.
-func (m message) run(t *testing.T, svc opes.Service) (opes.Verdict, *opes.Header, error) {
+// tx builds the transaction for m in a session of a storing processor.
+func (m message) tx(t testing.TB, svc opes.Service) *opes.Transaction {
 	t.Helper()
-	p := storingProcessor(t, svc)
-	s := p.NewSession()
+	s := storingProcessor(t, svc).NewSession()
 	t.Cleanup(s.Close)
 	*s.Conn() = m.conn
 	tx := s.Transaction()
 	tx.Sender = &opes.Address{Addr: m.sender}
-	tx.Recipients = []*opes.Recipient{{Address: opes.Address{Addr: "bob@example.net"}}}
+	for _, r := range m.rcpts {
+		tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: r}})
+	}
 	for _, f := range m.header {
 		s.Header(f[0], f[1])
 	}
 	if o := s.BodyChunk([]byte(m.body)); o != nil {
 		t.Fatalf("BodyChunk: %+v", o)
 	}
+	return tx
+}
+
+// run calls the service's end-of-message hook directly, so the verdict
+// and the header can be checked without a policy.
+func (m message) run(t *testing.T, svc opes.Service) (opes.Verdict, *opes.Header, error) {
+	t.Helper()
+	tx := m.tx(t, svc)
 	stx := svc.Begin(tx)
 	defer stx.Close()
 	v, err := stx.EndOfMessage(context.Background())
@@ -166,22 +175,13 @@ func TestGTUBE(t *testing.T) {
 	for _, addr := range []string{tcp, sock, "unix:" + sock} {
 		t.Run(addr, func(t *testing.T) {
 			s := mustNew(t, opts(addr, "add_header = true"))
-			m := gtubeMessage()
-			sess := storingProcessor(t, s).NewSession()
-			defer sess.Close()
-			*sess.Conn() = m.conn
-			tx := sess.Transaction()
-			tx.Sender = &opes.Address{Addr: m.sender}
-			for _, f := range m.header {
-				sess.Header(f[0], f[1])
-			}
-			sess.BodyChunk([]byte(m.body))
+			tx := gtubeMessage().tx(t, s)
 			head := envelopeLines(tx, time.Now()) + opes.FormatHeader(tx.Header.Fields()) + "\r\n"
 			res, err := s.check(context.Background(), head, tx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !res.Spam || res.Score < 1000 || res.Required != 5 || !contains(res.Symbols, "GTUBE") {
+			if !res.Spam || res.Score < 1000 || res.Required != 5 || !slices.Contains(res.Symbols, "GTUBE") {
 				t.Errorf("result = %+v, want spam with GTUBE", res)
 			}
 		})
@@ -290,17 +290,16 @@ func TestUser(t *testing.T) {
 func TestOversize(t *testing.T) {
 	s := mustNew(t, opts(faulttest.DeadAddr(t), "max_size = 1000", "reject_score = 5", "add_header = true"))
 	m := gtubeMessage()
-	m.body = strings.Repeat("filler line to make the message big\r\n", 40) + gtube + "\r\n"
+	m.body = strings.Repeat("filler line to make the message big\r\n", 40) + enginetest.GTUBE + "\r\n"
 	v, h, err := m.run(t, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Kind != opes.Continue || v.Action != "analyzed" || !strings.Contains(v.Reason, "max_size") || h.Get(FieldStatus) != "" {
+	if v.Kind != opes.Continue || v.Action != "analyzed" || v.Status != "skipped" || !strings.Contains(v.Reason, "max_size") || h.Get(FieldStatus) != "" {
 		t.Errorf("verdict = %+v, status %q", v, h.Get(FieldStatus))
 	}
 }
 
-// deadAddr returns a loopback address nothing listens on.
 // TestUnreachable: the engine down is an error (the service's on_error
 // decides), never a verdict.
 func TestUnreachable(t *testing.T) {
@@ -346,8 +345,7 @@ func TestProcessor(t *testing.T) {
 		}
 	})
 	t.Run("header", func(t *testing.T) {
-		m := gtubeMessage()
-		o, in := runPipeline(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`), m)
+		o, in := runPipeline(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`), gtubeMessage())
 		if o.Kind != opes.Continue {
 			t.Fatalf("outcome %+v", o)
 		}
@@ -369,23 +367,16 @@ func TestProcessor(t *testing.T) {
 
 func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.HeaderField) {
 	t.Helper()
-	spec := &opes.ServiceSpec{Name: "spam", Kind: "spamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: mustNew(t, src)}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	s := p.NewSession()
+	s := storingProcessor(t, mustNew(t, src)).NewSession()
 	t.Cleanup(s.Close)
 	*s.Conn() = m.conn
 	s.Connect(ctx)
 	s.Helo(ctx, m.conn.Helo)
 	s.Mail(ctx, opes.Address{Addr: m.sender})
-	s.Rcpt(ctx, opes.Address{Addr: "bob@example.net"})
+	for _, r := range m.rcpts {
+		s.Rcpt(ctx, opes.Address{Addr: r})
+	}
 	s.Data(ctx)
 	var in []opes.HeaderField
 	for _, f := range m.header {
@@ -395,15 +386,6 @@ func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.Hea
 	s.EndOfHeaders(ctx)
 	s.BodyChunk([]byte(m.body))
 	return s.EndOfMessage(ctx, "4XyZ1Q"), in
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestTagScore: a local tag_score replaces spamd's own required_score
@@ -452,27 +434,12 @@ func TestPerRecipient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			svc := mustNew(t, src)
-			s := storingProcessor(t, svc).NewSession()
-			defer s.Close()
 			m := gtubeMessage()
-			*s.Conn() = m.conn
-			tx := s.Transaction()
-			tx.Sender = &opes.Address{Addr: m.sender}
-			for _, r := range tt.rcpts {
-				tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: r}})
-			}
-			for _, f := range m.header {
-				s.Header(f[0], f[1])
-			}
-			s.BodyChunk([]byte(m.body))
-			stx := svc.Begin(tx)
-			defer stx.Close()
-			v, err := stx.EndOfMessage(context.Background())
+			m.rcpts = tt.rcpts
+			v, h, err := m.run(t, mustNew(t, src))
 			if err != nil {
 				t.Fatal(err)
 			}
-			h := tx.Header
 			if v.Kind != tt.kind || h.Get(FieldLevels) != tt.levels || h.Get("Subject") != tt.subject {
 				t.Errorf("verdict %+v, %s %q, Subject %q; want %v, %q, %q", v, FieldLevels, h.Get(FieldLevels), h.Get("Subject"), tt.kind, tt.levels, tt.subject)
 			}
