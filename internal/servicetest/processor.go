@@ -1,7 +1,6 @@
 package servicetest
 
 import (
-	"context"
 	"io"
 	"net/netip"
 	"testing"
@@ -39,27 +38,10 @@ func SpoolingLimits(t testing.TB) opes.Limits {
 // until the test ends, so the outcome's body can still be read.
 func Deliver(t testing.TB, p *opes.Processor, header [][2]string, body string) *opes.Outcome {
 	t.Helper()
-	ctx := context.Background()
-	s := p.NewSession()
-	t.Cleanup(s.Close)
-	s.Conn().Addr = netip.MustParseAddr("203.0.113.5")
-	s.Connect(ctx)
-	s.Mail(ctx, opes.Address{Addr: "a@example.net"})
-	s.Rcpt(ctx, opes.Address{Addr: "b@example.org"})
-	s.Data(ctx)
-	for _, f := range header {
-		s.Header(f[0], f[1])
-	}
-	s.EndOfHeaders(ctx)
-	rest := []byte(body)
-	for len(rest) > 0 {
-		n := min(len(rest), 1000)
-		if o := s.BodyChunk(rest[:n]); o != nil {
-			t.Fatalf("BodyChunk: %+v", o)
-		}
-		rest = rest[n:]
-	}
-	return s.EndOfMessage(ctx, "4XyZ1Q")
+	m := Message{Conn: opes.Connection{Addr: netip.MustParseAddr("203.0.113.5")},
+		Sender: "a@example.net", Rcpts: []string{"b@example.org"}, Header: header, Body: body}
+	o, _ := m.Deliver(t, p)
+	return o
 }
 
 // DeliveredBody is the body the MTA delivers after the outcome o of a

@@ -16,6 +16,7 @@ import (
 	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/internal/faulttest"
 	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -106,33 +107,27 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-// message is a test transaction as the processor builds it.
-type message struct {
-	header [][2]string // values as the MTA sends them, with leading space
-	body   string
-	conn   opes.Connection
-	sender string
-	rcpts  []string
-}
+// message is a test message, with the calls of these tests as methods.
+type message struct{ servicetest.Message }
 
 func hamMessage() message {
-	return message{
-		header: [][2]string{
+	return message{servicetest.Message{
+		Header: [][2]string{
 			{"From", " Alice <alice@example.org>"}, {"To", " bob@example.net"}, {"Subject", " lunch"},
 			{"Message-ID", " <20261125120000.4711@mail.example.org>"}, {"Date", " " + time.Now().Format(time.RFC1123Z)},
 			{"MIME-Version", " 1.0"}, {"Content-Type", " text/plain; charset=us-ascii"},
 		},
-		body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
-		conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org", MTAName: "mx.example.net"},
-		sender: "alice@example.org",
-		rcpts:  []string{"bob@example.net"},
-	}
+		Body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
+		Conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org", MTAName: "mx.example.net"},
+		Sender: "alice@example.org",
+		Rcpts:  []string{"bob@example.net"},
+	}}
 }
 
 // withBody returns the ham message with a line added to the body.
 func withBody(line string) message {
 	m := hamMessage()
-	m.body += line + "\r\n"
+	m.Body += line + "\r\n"
 	return m
 }
 
@@ -142,7 +137,7 @@ func scored(score float64) message {
 
 func gtubeMessage() message {
 	m := withBody(enginetest.GTUBE)
-	m.header[2][1] = " gtube"
+	m.Header[2][1] = " gtube"
 	return m
 }
 
@@ -167,22 +162,7 @@ func storingProcessor(t testing.TB, svc opes.Service) *opes.Processor {
 // tx builds the transaction for m in a session of a storing processor.
 func (m message) tx(t testing.TB, svc opes.Service) *opes.Transaction {
 	t.Helper()
-	s := storingProcessor(t, svc).NewSession()
-	t.Cleanup(s.Close)
-	*s.Conn() = m.conn
-	tx := s.Transaction()
-	tx.Sender = &opes.Address{Addr: m.sender}
-	tx.QueueID = "4XyZ1Q"
-	for _, r := range m.rcpts {
-		tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: r}})
-	}
-	for _, f := range m.header {
-		s.Header(f[0], f[1])
-	}
-	if o := s.BodyChunk([]byte(m.body)); o != nil {
-		t.Fatalf("BodyChunk: %+v", o)
-	}
-	return tx
+	return m.Transaction(t, storingProcessor(t, svc))
 }
 
 // run calls the service's end-of-message hook directly, so the verdict
@@ -333,7 +313,7 @@ func TestPerRecipient(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := scored(tt.score)
-			m.rcpts = tt.rcpts
+			m.Rcpts = tt.rcpts
 			v, h, err := m.run(t, mustNew(t, src))
 			if err != nil {
 				t.Fatal(err)
@@ -356,8 +336,8 @@ func TestEnvelope(t *testing.T) {
 	tcp, _ := needRspamd(t)
 	s := mustNew(t, opts(tcp, "add_header = true"))
 	m := withBody(enginetest.RspamdEnvelopeToken)
-	m.rcpts = []string{"bob@example.net", "carol@example.net"}
-	m.conn.AuthUser, m.conn.AuthType = "alice", "PLAIN"
+	m.Rcpts = []string{"bob@example.net", "carol@example.net"}
+	m.Conn.AuthUser, m.Conn.AuthType = "alice", "PLAIN"
 	tx := m.tx(t, s)
 	tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: "refused@example.net"}, Refused: true})
 	got := envelopeSeen(t, s, tx)
@@ -369,8 +349,8 @@ func TestEnvelope(t *testing.T) {
 
 	// Hostile or absent values are left out; the null sender is "<>",
 	// which rspamd reads as the empty address.
-	m.conn = opes.Connection{Hostname: "[192.0.2.25]", Addr: netip.MustParseAddr("::ffff:192.0.2.25"), Helo: "evil\r\nIP: 127.0.0.1"}
-	m.sender = ""
+	m.Conn = opes.Connection{Hostname: "[192.0.2.25]", Addr: netip.MustParseAddr("::ffff:192.0.2.25"), Helo: "evil\r\nIP: 127.0.0.1"}
+	m.Sender = ""
 	tx = m.tx(t, s)
 	got = envelopeSeen(t, s, tx)
 	want = []string{"from=", "rcpt=bob@example.net", "rcpt=carol@example.net", "ip=192.0.2.25", "queue-id=4XyZ1Q"}
@@ -423,8 +403,8 @@ func readAll(tx *opes.Transaction) (string, error) {
 func TestSubjectNotTwice(t *testing.T) {
 	tcp, _ := needRspamd(t)
 	m := scored(9)
-	m.header[2][1] = " ***spam*** lunch"
-	m.header = append(m.header, [2]string{FieldStatus, " No, score=-100"}, [2]string{FieldScore, " -100"}, [2]string{FieldResult, " default: False [-100.00 / 15.00]"})
+	m.Header[2][1] = " ***spam*** lunch"
+	m.Header = append(m.Header, [2]string{FieldStatus, " No, score=-100"}, [2]string{FieldScore, " -100"}, [2]string{FieldResult, " default: False [-100.00 / 15.00]"})
 	v, h, err := m.run(t, mustNew(t, opts(tcp)))
 	if err != nil {
 		t.Fatal(err)
@@ -444,7 +424,7 @@ func TestSubjectNotTwice(t *testing.T) {
 func TestOversize(t *testing.T) {
 	s := mustNew(t, opts(faulttest.DeadAddr(t), "max_size = 1000", "reject_score = 5"))
 	m := gtubeMessage()
-	m.body = strings.Repeat("filler line to make the message big\r\n", 40) + enginetest.GTUBE + "\r\n"
+	m.Body = strings.Repeat("filler line to make the message big\r\n", 40) + enginetest.GTUBE + "\r\n"
 	v, h, err := m.run(t, s)
 	if err != nil {
 		t.Fatal(err)
@@ -563,25 +543,7 @@ func TestProcessor(t *testing.T) {
 
 func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.HeaderField) {
 	t.Helper()
-	ctx := context.Background()
-	s := storingProcessor(t, mustNew(t, src)).NewSession()
-	t.Cleanup(s.Close)
-	*s.Conn() = m.conn
-	s.Connect(ctx)
-	s.Helo(ctx, m.conn.Helo)
-	s.Mail(ctx, opes.Address{Addr: m.sender})
-	for _, r := range m.rcpts {
-		s.Rcpt(ctx, opes.Address{Addr: r})
-	}
-	s.Data(ctx)
-	var in []opes.HeaderField
-	for _, f := range m.header {
-		s.Header(f[0], f[1])
-		in = append(in, opes.HeaderField{Name: f[0], Value: f[1]})
-	}
-	s.EndOfHeaders(ctx)
-	s.BodyChunk([]byte(m.body))
-	return s.EndOfMessage(ctx, "4XyZ1Q"), in
+	return m.Deliver(t, storingProcessor(t, mustNew(t, src)))
 }
 
 // BenchmarkEndOfMessage measures one scan through the real rspamd over

@@ -13,6 +13,7 @@ import (
 	"github.com/opesmilter/opes-milter/internal/enginetest"
 	"github.com/opesmilter/opes-milter/internal/faulttest"
 	"github.com/opesmilter/opes-milter/internal/optiontest"
+	"github.com/opesmilter/opes-milter/internal/servicetest"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -92,32 +93,26 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-// message is a test transaction as the processor builds it.
-type message struct {
-	header [][2]string // values as the MTA sends them, with leading space
-	body   string
-	conn   opes.Connection
-	sender string
-	rcpts  []string
-}
+// message is a test message, with the calls of these tests as methods.
+type message struct{ servicetest.Message }
 
 func hamMessage() message {
-	return message{
-		header: [][2]string{
+	return message{servicetest.Message{
+		Header: [][2]string{
 			{"From", " Alice <alice@example.org>"}, {"To", " bob@example.net"}, {"Subject", " lunch"},
 			{"Message-ID", " <20261125120000.4711@mail.example.org>"}, {"Date", " " + time.Now().Format(time.RFC1123Z)},
 		},
-		body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
-		conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org"},
-		sender: "alice@example.org",
-		rcpts:  []string{"bob@example.net"},
-	}
+		Body:   "See you at noon at the usual place.\r\n\r\nAlice\r\n",
+		Conn:   opes.Connection{Hostname: "mail.example.org", Addr: netip.MustParseAddr("192.0.2.25"), Helo: "mail.example.org"},
+		Sender: "alice@example.org",
+		Rcpts:  []string{"bob@example.net"},
+	}}
 }
 
 func gtubeMessage() message {
 	m := hamMessage()
-	m.header[2][1] = " gtube"
-	m.body = "This is the GTUBE.\r\n" + enginetest.GTUBE + "\r\n"
+	m.Header[2][1] = " gtube"
+	m.Body = "This is the GTUBE.\r\n" + enginetest.GTUBE + "\r\n"
 	return m
 }
 
@@ -142,21 +137,7 @@ func storingProcessor(t testing.TB, svc opes.Service) *opes.Processor {
 // tx builds the transaction for m in a session of a storing processor.
 func (m message) tx(t testing.TB, svc opes.Service) *opes.Transaction {
 	t.Helper()
-	s := storingProcessor(t, svc).NewSession()
-	t.Cleanup(s.Close)
-	*s.Conn() = m.conn
-	tx := s.Transaction()
-	tx.Sender = &opes.Address{Addr: m.sender}
-	for _, r := range m.rcpts {
-		tx.Recipients = append(tx.Recipients, &opes.Recipient{Address: opes.Address{Addr: r}})
-	}
-	for _, f := range m.header {
-		s.Header(f[0], f[1])
-	}
-	if o := s.BodyChunk([]byte(m.body)); o != nil {
-		t.Fatalf("BodyChunk: %+v", o)
-	}
-	return tx
+	return m.Transaction(t, storingProcessor(t, svc))
 }
 
 // run calls the service's end-of-message hook directly, so the verdict
@@ -258,8 +239,8 @@ func TestActions(t *testing.T) {
 func TestSubjectNotTwice(t *testing.T) {
 	tcp, _ := needSpamd(t)
 	m := gtubeMessage()
-	m.header[2][1] = " [spam] gtube"
-	m.header = append(m.header, [2]string{FieldStatus, " No, score=-100"}, [2]string{FieldScore, " -100"})
+	m.Header[2][1] = " [spam] gtube"
+	m.Header = append(m.Header, [2]string{FieldStatus, " No, score=-100"}, [2]string{FieldScore, " -100"})
 	v, h, err := m.run(t, mustNew(t, opts(tcp, "add_header = true", `subject_prefix = "[SPAM]"`)))
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +271,7 @@ func TestUser(t *testing.T) {
 func TestOversize(t *testing.T) {
 	s := mustNew(t, opts(faulttest.DeadAddr(t), "max_size = 1000", "reject_score = 5", "add_header = true"))
 	m := gtubeMessage()
-	m.body = strings.Repeat("filler line to make the message big\r\n", 40) + enginetest.GTUBE + "\r\n"
+	m.Body = strings.Repeat("filler line to make the message big\r\n", 40) + enginetest.GTUBE + "\r\n"
 	v, h, err := m.run(t, s)
 	if err != nil {
 		t.Fatal(err)
@@ -367,25 +348,7 @@ func TestProcessor(t *testing.T) {
 
 func runPipeline(t *testing.T, src string, m message) (*opes.Outcome, []opes.HeaderField) {
 	t.Helper()
-	ctx := context.Background()
-	s := storingProcessor(t, mustNew(t, src)).NewSession()
-	t.Cleanup(s.Close)
-	*s.Conn() = m.conn
-	s.Connect(ctx)
-	s.Helo(ctx, m.conn.Helo)
-	s.Mail(ctx, opes.Address{Addr: m.sender})
-	for _, r := range m.rcpts {
-		s.Rcpt(ctx, opes.Address{Addr: r})
-	}
-	s.Data(ctx)
-	var in []opes.HeaderField
-	for _, f := range m.header {
-		s.Header(f[0], f[1])
-		in = append(in, opes.HeaderField{Name: f[0], Value: f[1]})
-	}
-	s.EndOfHeaders(ctx)
-	s.BodyChunk([]byte(m.body))
-	return s.EndOfMessage(ctx, "4XyZ1Q"), in
+	return m.Deliver(t, storingProcessor(t, mustNew(t, src)))
 }
 
 // TestTagScore: a local tag_score replaces spamd's own required_score
@@ -400,7 +363,7 @@ func TestTagScore(t *testing.T) {
 		t.Errorf("verdict %+v, Subject %q, %s %q", v, h.Get("Subject"), FieldStatus, h.Get(FieldStatus))
 	}
 	m := hamMessage()
-	m.body += "a line\r\n"
+	m.Body += "a line\r\n"
 	v, h, err = m.run(t, mustNew(t, opts(tcp, `subject_prefix = "[SPAM]"`, "tag_score = 0.001", "reject_score = 1000")))
 	if err != nil {
 		t.Fatal(err)
@@ -435,7 +398,7 @@ func TestPerRecipient(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := gtubeMessage()
-			m.rcpts = tt.rcpts
+			m.Rcpts = tt.rcpts
 			v, h, err := m.run(t, mustNew(t, src))
 			if err != nil {
 				t.Fatal(err)
