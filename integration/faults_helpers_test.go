@@ -13,8 +13,6 @@ import (
 	"net"
 	"net/mail"
 	"net/textproto"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -26,19 +24,6 @@ import (
 // soak_test.go): misbehaving scanners, a milter restarted on the socket
 // Postfix already uses, a goroutine-safe SMTP session, and readers for the
 // admin API and the reports at the sink.
-
-// faultToken is the admin API token of the fault and soak policies.
-const faultToken = guaranteeToken
-
-// writeTokens writes the admin token file into dir and returns its path.
-func writeTokens(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "tokens")
-	if err := os.WriteFile(p, []byte(faultToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // fakeScanner is a TCP listener that plays a broken clamd: every
 // connection is handed to serve. It stops, and closes every connection,
@@ -156,31 +141,7 @@ func trySendMail(t *testing.T, addr, from string, rcpts []string, msg []byte) (T
 		return Transcript{}, err
 	}
 	defer c.Close()
-	func() {
-		if _, err := c.TryCmd("EHLO client.example.test"); err != nil {
-			return
-		}
-		if rep, err := c.TryCmd(mailCmd(from, nil)); err != nil || !rep.Positive() {
-			return
-		}
-		ok := 0
-		for _, r := range rcpts {
-			rep, err := c.TryCmd(rcptCmd(r, nil))
-			if err != nil {
-				return
-			}
-			if rep.Positive() {
-				ok++
-			}
-		}
-		if ok > 0 {
-			_, _ = c.TryData(msg)
-		}
-	}()
-	if c.tr.Err == nil {
-		_, _ = c.TryCmd("QUIT")
-	}
-	return c.Transcript(), nil
+	return c.session(from, rcpts, msg), nil
 }
 
 var queuedAs = regexp.MustCompile(`queued as ([0-9A-Za-z]+)`)

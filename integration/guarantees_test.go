@@ -17,8 +17,6 @@ import (
 // released through the admin API with a release record, and the
 // disclosure page.
 
-const guaranteeToken = "ops:0123456789abcdef0123456789"
-
 func guaranteePolicy(dir, sink, adminAddr string) string {
 	return `[system]
 uri = "` + itSystem + `"
@@ -32,60 +30,16 @@ recipients = ["@example.net"]
 
 [bypass]
 trusted_networks = ["127.0.0.0/8"]
-
-[admin]
-listen = "` + adminAddr + `"
-token_file = "` + filepath.Join(dir, "tokens") + `"
-
-[store]
-path = "` + filepath.Join(dir, "store.db") + `"
-
-[quarantine]
-mode = "store"
-release_relay = "` + sink + `"
-
-[ndr]
-relay = "` + sink + `"
-hostname = "mx.example.test"
-
-[audit]
-log = "` + filepath.Join(dir, "audit.jsonl") + `"
-
-[[service]]
-name = "external"
-kind = "tag"
-bypassable = true
-[service.options]
-subject_prefix = "[EXTERNAL]"
-
-[[rule]]
-name = "tag"
-run = ["external"]
-
-[[rule]]
-name = "drop"
-stage = "eom"
-verdict = "discard"
-reason = "sender blocked by policy"
-[rule.when]
-sender = ["dropme@example.org"]
-
-[[rule]]
-name = "hold"
-stage = "mail"
-verdict = "quarantine"
-reason = "held for review"
-[rule.when]
-sender = ["holdme@example.org"]
-`
+` + storePolicy(dir, adminAddr, sink, "", `release_relay = "`+sink+`"`) +
+		tagExternal(true) +
+		dropRule(`sender = ["dropme@example.org"]`) +
+		holdRule(`sender = ["holdme@example.org"]`)
 }
 
 func TestGuaranteesThroughPostfix(t *testing.T) {
 	t.Parallel()
 	dir := TempDir(t)
-	if err := os.WriteFile(filepath.Join(dir, "tokens"), []byte(guaranteeToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeTokens(t, dir)
 	adminAddr := FreeAddr(t)
 	Require(t)
 	sink := StartSink(t)
@@ -207,8 +161,7 @@ func apiJSON(t *testing.T, method, url string, out any) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, tok, _ := strings.Cut(guaranteeToken, ":")
-	req.Header.Set("Authorization", "Bearer "+tok)
+	authorize(req)
 	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -188,6 +188,42 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// startOnFreePort runs start on a free 127.0.0.1 address and returns its
+// error, trying up to five ports: a port picked free may be taken before the
+// server binds it. After a failed attempt it runs undo (stop what did start)
+// and tries another port only when the failure was that race: a server
+// without our token answered (errForeign), or one of the logs says
+// "Address already in use" since the attempt began. name is the server in
+// the test log. It fails the test when it cannot pick a port.
+func startOnFreePort(t testing.TB, name string, logs []string, start func(addr string) error, undo func()) error {
+	t.Helper()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, perr := pickPort()
+		if perr != nil {
+			t.Fatalf("integration: free port: %v", perr)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		offsets := make([]int64, len(logs))
+		for i, l := range logs {
+			offsets[i] = fileSize(l)
+		}
+		if err = start(addr); err == nil {
+			return nil
+		}
+		undo()
+		var since strings.Builder
+		for i, l := range logs {
+			since.WriteString(readFrom(l, offsets[i]))
+		}
+		if !errors.Is(err, errForeign) && !strings.Contains(since.String(), "Address already in use") {
+			return err
+		}
+		t.Logf("integration: %s on %s: %v; retrying on another port", name, addr, err)
+	}
+	return err
+}
+
 // TempDir returns a new directory with a short path under os.TempDir
 // (opes-it-XXXXXXXX), mode 0755 so that the postfix user can traverse it,
 // removed at cleanup. Use it for milter unix sockets: t.TempDir paths carry

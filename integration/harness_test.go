@@ -254,25 +254,10 @@ func TestParseDump(t *testing.T) {
 // functions retry on another port. Not parallel: it swaps pickPort.
 func TestStartRetriesOnPortRace(t *testing.T) {
 	Require(t)
-	busy, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	busyPort := busy.Addr().(*net.TCPAddr).Port
-	calls := 0
-	pickPort = func() (int, error) {
-		calls++
-		if calls%2 == 1 {
-			return busyPort, nil
-		}
-		return freePort()
-	}
-	defer func() { pickPort = freePort }()
-
+	busyPort, picks := collidingPortPicks(t)
 	sink := StartSink(t)
 	pf := StartPostfix(t, PostfixOptions{RelayTo: sink.Addr()})
-	if calls != 4 || sink.Port() == busyPort || strings.HasSuffix(pf.Addr(), fmt.Sprint(":", busyPort)) {
+	if calls := *picks; calls != 4 || sink.Port() == busyPort || strings.HasSuffix(pf.Addr(), fmt.Sprint(":", busyPort)) {
 		t.Fatalf("calls=%d sink=%s postfix=%s busy=%d", calls, sink.Addr(), pf.Addr(), busyPort)
 	}
 	t.Logf("sink %s up in %v, postfix %s up in %v, after one collision each", sink.Addr(), sink.StartupTime(), pf.Addr(), pf.StartupTime())
@@ -281,6 +266,32 @@ func TestStartRetriesOnPortRace(t *testing.T) {
 		t.Fatalf("not accepted:\n%s", tr)
 	}
 	sink.WaitDump(t, HasHeader("Subject", "race"), 5*time.Second)
+}
+
+// collidingPortPicks makes every odd pickPort call (the first, the third,
+// ...) return a port a listener holds, so that each Start function hits
+// the race once; it returns that port and the count of picks. At cleanup
+// pickPort is restored and the port released. A test using it cannot be
+// parallel.
+func collidingPortPicks(t *testing.T) (busyPort int, picks *int) {
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	busyPort = busy.Addr().(*net.TCPAddr).Port
+	picks = new(int)
+	pickPort = func() (int, error) {
+		*picks++
+		if *picks%2 == 1 {
+			return busyPort, nil
+		}
+		return freePort()
+	}
+	t.Cleanup(func() {
+		pickPort = freePort
+		busy.Close()
+	})
+	return busyPort, picks
 }
 
 // Without RelayTo, Postfix accepts the message and keeps it in its queue.

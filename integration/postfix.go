@@ -39,25 +39,19 @@ type PostfixOptions struct {
 
 // Postfix is a private Postfix instance: its own config, queue, data and log
 // directories, smtpd on a free 127.0.0.1 port, no port 25, no DNS, no
-// chroot, no local delivery; everything is relayed to RelayTo.
+// chroot, no local delivery; everything is relayed to RelayTo. Dir holds
+// conf/, queue/, data/ and log/; LogPath is the maillog file.
 type Postfix struct {
-	t        testing.TB
+	mtaInstance
 	opts     PostfixOptions
-	dir      string
 	confDir  string
 	queueDir string
-	logPath  string
-	token    string
-	addr     string
 
 	postfixBin, postsuperBin, postqueueBin string
 
 	wd        *watchdog
 	masterPID int
 	logOff    int64 // maillog size when the current start attempt began
-	stopped   bool
-	startDur  time.Duration
-	stopDur   time.Duration
 }
 
 // StartPostfix starts a private Postfix instance and registers its stop with
@@ -71,9 +65,8 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 		opts.DefaultAction = "tempfail"
 	}
 	p := &Postfix{
-		t:            t,
+		mtaInstance:  mtaInstance{t: t, name: "postfix", logName: "the maillog", token: randomToken()},
 		opts:         opts,
-		token:        randomToken(),
 		postfixBin:   mustBin(t, "postfix"),
 		postsuperBin: mustBin(t, "postsuper"),
 		postqueueBin: mustBin(t, "postqueue"),
@@ -111,25 +104,10 @@ rm -rf "$3"
 	t.Cleanup(p.cleanup)
 
 	t0 := time.Now()
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		port, err := pickPort()
-		if err != nil {
-			t.Fatalf("integration: free port: %v", err)
-		}
-		p.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		lastErr = p.start()
-		if lastErr == nil {
-			break
-		}
-		p.postfixStop()
-		if !errors.Is(lastErr, errForeign) && !p.logContains("Address already in use") {
-			break
-		}
-		t.Logf("integration: postfix on %s: %v; retrying on another port", p.addr, lastErr)
-	}
-	if lastErr != nil {
-		t.Fatalf("integration: postfix did not start: %v\nmaillog (%s):\n%s", lastErr, p.logPath, tailFile(p.logPath, 30))
+	err = startOnFreePort(t, "postfix", []string{p.logPath},
+		func(addr string) error { p.addr = addr; return p.start() }, p.postfixStop)
+	if err != nil {
+		t.Fatalf("integration: postfix did not start: %v\nmaillog (%s):\n%s", err, p.logPath, tailFile(p.logPath, 30))
 	}
 	p.startDur = time.Since(t0)
 	return p
@@ -390,14 +368,7 @@ func (p *Postfix) postfixStop() {
 
 // cleanup reports the queue and the maillog of a failed test, then stops.
 func (p *Postfix) cleanup() {
-	if p.t.Failed() {
-		q := "(stopped)"
-		if !p.stopped {
-			q = strings.TrimSpace(p.Queue())
-		}
-		p.t.Logf("integration: postfix %s (%s) at failure:\nqueue:\n%s\nmaillog tail:\n%s",
-			p.addr, p.dir, q, tailFile(p.logPath, 40))
-	}
+	p.logAtFailure(p.Queue)
 	p.Stop()
 }
 
@@ -405,57 +376,21 @@ func (p *Postfix) cleanup() {
 // idempotent and runs at cleanup; Log and Queue stay usable afterwards
 // (postqueue then reads the queue directory directly).
 func (p *Postfix) Stop() {
-	if p.stopped {
-		return
-	}
-	p.stopped = true
-	t0 := time.Now()
-	if p.masterPID > 0 && pidAlive(p.masterPID) {
-		if out, err := p.run(p.postsuperBin, "-c", p.confDir, "-d", "ALL"); err != nil {
-			p.t.Logf("integration: postsuper -d ALL: %v: %s", err, strings.TrimSpace(out))
+	p.stopOnce(func() {
+		if p.masterPID > 0 && pidAlive(p.masterPID) {
+			if out, err := p.run(p.postsuperBin, "-c", p.confDir, "-d", "ALL"); err != nil {
+				p.t.Logf("integration: postsuper -d ALL: %v: %s", err, strings.TrimSpace(out))
+			}
 		}
-	}
-	p.postfixStop()
-	p.stopDur = time.Since(t0)
+		p.postfixStop()
+	})
 }
-
-// Addr returns the smtpd address, "127.0.0.1:PORT".
-func (p *Postfix) Addr() string { return p.addr }
-
-// Dir returns the instance directory (conf/, queue/, data/, log/).
-func (p *Postfix) Dir() string { return p.dir }
 
 // ConfigDir returns the directory to pass to "postfix -c", "postconf -c" etc.
 func (p *Postfix) ConfigDir() string { return p.confDir }
 
-// LogPath returns the path of the maillog file.
-func (p *Postfix) LogPath() string { return p.logPath }
-
-// BannerToken is the random token in this instance's 220 greeting.
-func (p *Postfix) BannerToken() string { return "opes-it-" + p.token }
-
 // MasterPID is the PID of the Postfix master daemon.
 func (p *Postfix) MasterPID() int { return p.masterPID }
-
-// StartupTime is how long StartPostfix took until the 220 greeting.
-func (p *Postfix) StartupTime() time.Duration { return p.startDur }
-
-// StopTime is how long Stop took (0 before Stop).
-func (p *Postfix) StopTime() time.Duration { return p.stopDur }
-
-// Log returns the maillog contents so far. postlogd writes asynchronously:
-// use WaitLog for a line that must appear.
-func (p *Postfix) Log() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-// WaitLog polls the maillog until it contains substr and returns the log.
-// It fails the test on timeout.
-func (p *Postfix) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
-	t.Helper()
-	return waitContains(t, "the maillog", p.Log, substr, timeout)
-}
 
 // Queue returns "postqueue -p" output ("Mail queue is empty" when empty).
 func (p *Postfix) Queue() string {

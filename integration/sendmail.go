@@ -72,18 +72,17 @@ type SendmailOptions struct {
 }
 
 // Sendmail is a private Sendmail daemon (sendmail -bD) on a free
-// 127.0.0.1 port, with its own .cf, queue and log.
+// 127.0.0.1 port, with its own .cf, queue and log. Dir holds sendmail.cf,
+// mqueue/, log/ and etc/; LogPath is the file the syslog receiver writes
+// Sendmail's log to, one line per message ("<PRI>Mmm dd hh:mm:ss
+// sm-mta[PID]: QUEUEID: ...").
 type Sendmail struct {
-	t       testing.TB
+	mtaInstance
 	opts    SendmailOptions
 	tree    *sendmailTree
-	dir     string
 	cfPath  string
 	queue   string
-	logPath string // what the syslog receiver got
 	outPath string // the daemon's stdout and stderr
-	token   string
-	addr    string
 
 	syslog  *syslogReceiver
 	wd      *watchdog
@@ -91,10 +90,6 @@ type Sendmail struct {
 	exited  chan struct{}
 	waitErr error
 	pid     int
-	stopped bool
-
-	startDur time.Duration
-	stopDur  time.Duration
 }
 
 // StartSendmail starts a private Sendmail instance and registers its stop
@@ -116,7 +111,11 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 	if err != nil {
 		t.Fatalf("integration: sendmail: %v", err)
 	}
-	s := &Sendmail{t: t, opts: opts, tree: tree, token: randomToken()}
+	s := &Sendmail{
+		mtaInstance: mtaInstance{t: t, name: "sendmail", logName: "the sendmail log", token: randomToken()},
+		opts:        opts,
+		tree:        tree,
+	}
 	// Cleanups run last-registered first: stop, remove the directory, and
 	// only then disarm the watchdog.
 	t.Cleanup(func() { s.wd.disarm() })
@@ -147,30 +146,13 @@ rm -rf "$1"
 	t.Cleanup(s.cleanup)
 
 	t0 := time.Now()
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		port, err := pickPort()
-		if err != nil {
-			t.Fatalf("integration: free port: %v", err)
-		}
-		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		logOff, outOff := fileSize(s.logPath), fileSize(s.outPath)
-		lastErr = s.start()
-		if lastErr == nil {
-			break
-		}
-		// SIGKILL at once: a daemon that failed to bind sits in its retry
-		// loop and ignores SIGTERM.
-		s.kill(0)
-		since := readFrom(s.logPath, logOff) + readFrom(s.outPath, outOff)
-		if !errors.Is(lastErr, errForeign) && !strings.Contains(since, "Address already in use") {
-			break
-		}
-		t.Logf("integration: sendmail on %s: %v; retrying on another port", s.addr, lastErr)
-	}
-	if lastErr != nil {
+	// kill(0) undoes a failed attempt with SIGKILL at once: a daemon that
+	// failed to bind sits in its retry loop and ignores SIGTERM.
+	err = startOnFreePort(t, "sendmail", []string{s.logPath, s.outPath},
+		func(addr string) error { s.addr = addr; return s.start() }, func() { s.kill(0) })
+	if err != nil {
 		t.Fatalf("integration: sendmail did not start: %v\nstdout/stderr:\n%s\nmaillog:\n%s",
-			lastErr, tailFile(s.outPath, 20), tailFile(s.logPath, 30))
+			err, tailFile(s.outPath, 20), tailFile(s.logPath, 30))
 	}
 	s.startDur = time.Since(t0)
 	return s
@@ -431,96 +413,45 @@ func (s *Sendmail) kill(grace time.Duration) {
 // groupMembers lists the live processes whose process group is pgid.
 func groupMembers(pgid int) []int { return procsWith(statPgrp, pgid) }
 
+// cleanup reports the queue and the log of a failed test, then stops.
 func (s *Sendmail) cleanup() {
-	if s.t.Failed() {
-		q := "(stopped)"
-		if !s.stopped {
-			q = strings.TrimSpace(s.Queue())
-		}
-		s.t.Logf("integration: sendmail %s (%s) at failure:\nqueue:\n%s\nmaillog tail:\n%s",
-			s.addr, s.dir, q, tailFile(s.logPath, 40))
-	}
+	s.logAtFailure(s.Queue)
 	s.Stop()
 }
 
 // Stop stops the daemon and its children. It is idempotent and runs at
 // cleanup; Log stays usable afterwards.
 func (s *Sendmail) Stop() {
-	if s.stopped {
-		return
-	}
-	s.stopped = true
-	t0 := time.Now()
-	s.kill(3 * time.Second)
-	s.stopDur = time.Since(t0)
+	s.stopOnce(func() { s.kill(3 * time.Second) })
 }
-
-// Addr returns the SMTP address, "127.0.0.1:PORT".
-func (s *Sendmail) Addr() string { return s.addr }
-
-// Dir returns the instance directory (sendmail.cf, mqueue/, log/, etc/).
-func (s *Sendmail) Dir() string { return s.dir }
 
 // ConfigPath is the generated sendmail.cf.
 func (s *Sendmail) ConfigPath() string { return s.cfPath }
 
-// LogPath is the file the syslog receiver writes Sendmail's log to.
-func (s *Sendmail) LogPath() string { return s.logPath }
-
 // PID is the daemon's PID.
 func (s *Sendmail) PID() int { return s.pid }
-
-// BannerToken is the random token in this instance's 220 greeting.
-func (s *Sendmail) BannerToken() string { return "opes-it-" + s.token }
 
 // Version is the Debian version of the Sendmail packages in use.
 func (s *Sendmail) Version() string { return s.tree.version }
 
-// StartupTime is how long StartSendmail took until the 220 greeting,
-// without fetching the packages.
-func (s *Sendmail) StartupTime() time.Duration { return s.startDur }
-
-// StopTime is how long Stop took (0 before Stop).
-func (s *Sendmail) StopTime() time.Duration { return s.stopDur }
-
-// Log returns what Sendmail logged through syslog so far, one line per
-// message ("<PRI>Mmm dd hh:mm:ss sm-mta[PID]: QUEUEID: ...").
-func (s *Sendmail) Log() string {
-	b, _ := os.ReadFile(s.logPath)
-	return string(b)
-}
-
-// WaitLog polls the log until it contains substr and returns the log. It
-// fails the test on timeout.
-func (s *Sendmail) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
-	t.Helper()
-	return waitContains(t, "the sendmail log", s.Log, substr, timeout)
-}
-
 // Queue returns "sendmail -bp" output ("Mail queue is empty" when empty). It
 // runs in a namespace of its own, like the daemon.
-func (s *Sendmail) Queue() string {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	cmd := s.nsCommand(ctx, "-bp", "-C"+s.cfPath)
-	cmd.WaitDelay = 2 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Sprintf("sendmail -bp: %v: %s", err, out)
-	}
-	return string(out)
-}
+func (s *Sendmail) Queue() string { return s.listQueue("-bp") }
 
 // QuarantineQueue returns `sendmail -bp -qQ`: the quarantined messages
 // with their reasons.
-func (s *Sendmail) QuarantineQueue() string {
+func (s *Sendmail) QuarantineQueue() string { return s.listQueue("-bp", "-qQ") }
+
+// listQueue runs sendmail with args (a queue listing) in a namespace of
+// its own and returns its output, or the error with the output.
+func (s *Sendmail) listQueue(args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd := s.nsCommand(ctx, "-bp", "-qQ", "-C"+s.cfPath)
+	cmd := s.nsCommand(ctx, append(args, "-C"+s.cfPath)...)
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Sprintf("sendmail -bp -qQ: %v: %s", err, out)
+		return fmt.Sprintf("sendmail %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -62,23 +61,10 @@ func TestSendmailRelaysToSink(t *testing.T) {
 // retry on another port. Not parallel: it swaps pickPort.
 func TestSendmailRetriesOnPortRace(t *testing.T) {
 	Require(t, SendmailBinaries...)
-	busy, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	busyPort := busy.Addr().(*net.TCPAddr).Port
-	calls := 0
-	pickPort = func() (int, error) {
-		calls++
-		if calls == 1 {
-			return busyPort, nil
-		}
-		return freePort()
-	}
-	defer func() { pickPort = freePort }()
+	busyPort, picks := collidingPortPicks(t)
 	t0 := time.Now()
 	sm := StartSendmail(t, SendmailOptions{})
+	calls := *picks
 	t.Logf("sendmail %s up after %v and %d port picks", sm.Addr(), time.Since(t0), calls)
 	if calls != 2 || strings.HasSuffix(sm.Addr(), fmt.Sprint(":", busyPort)) {
 		t.Fatalf("calls=%d addr=%s busy=%d", calls, sm.Addr(), busyPort)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,9 +25,7 @@ func TestSharedPostgresStore(t *testing.T) {
 	}
 	dir := TempDir(t)
 	dsn := pgtest.Start(t)
-	if err := os.WriteFile(filepath.Join(dir, "tokens"), []byte(guaranteeToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeTokens(t, dir)
 	policy := func(adminAddr string) string {
 		// Each host keeps its own audit log; preference changes need one.
 		return `[system]
@@ -50,18 +47,7 @@ mode = "store"
 
 [audit]
 log = "` + filepath.Join(dir, adminAddr+".audit.jsonl") + `"
-
-[[service]]
-name = "external"
-kind = "tag"
-bypassable = true
-[service.options]
-subject_prefix = "[EXTERNAL]"
-
-[[rule]]
-name = "tag"
-run = ["external"]
-
+` + tagExternal(true) + `
 [[rule]]
 name = "hold"
 stage = "mail"
@@ -79,8 +65,7 @@ sender = ["holdme@example.org"]
 	// The preference, recorded on A.
 	body, _ := json.Marshal(map[string]any{"recipient": "bob@example.net", "sender": "@example.org", "kind": "non-opes-version"})
 	req, _ := http.NewRequest("POST", "http://"+adminA+"/api/v1/bypass", bytes.NewReader(body))
-	_, tok, _ := strings.Cut(guaranteeToken, ":")
-	req.Header.Set("Authorization", "Bearer "+tok)
+	authorize(req)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {

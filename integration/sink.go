@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/mail"
@@ -59,26 +58,10 @@ func StartSink(t testing.TB) *Sink {
 	t.Cleanup(s.Stop)
 
 	t0 := time.Now()
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		port, err := pickPort()
-		if err != nil {
-			t.Fatalf("integration: free port: %v", err)
-		}
-		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		off := fileSize(s.logPath)
-		lastErr = s.start(bin, off)
-		if lastErr == nil {
-			break
-		}
-		s.kill()
-		if !retryable(lastErr, readFrom(s.logPath, off)) {
-			break
-		}
-		t.Logf("integration: smtp-sink on %s: %v; retrying on another port", s.addr, lastErr)
-	}
-	if lastErr != nil {
-		t.Fatalf("integration: smtp-sink did not start: %v\nsmtp-sink log:\n%s", lastErr, tailFile(s.logPath, 20))
+	err := startOnFreePort(t, "smtp-sink", []string{s.logPath},
+		func(addr string) error { s.addr = addr; return s.start(bin) }, s.kill)
+	if err != nil {
+		t.Fatalf("integration: smtp-sink did not start: %v\nsmtp-sink log:\n%s", err, tailFile(s.logPath, 20))
 	}
 	s.startDur = time.Since(t0)
 
@@ -92,12 +75,8 @@ rm -rf "$2"
 	return s
 }
 
-// retryable: the port was taken (bind failed, or another server answered).
-func retryable(err error, logSinceStart string) bool {
-	return errors.Is(err, errForeign) || strings.Contains(logSinceStart, "Address already in use")
-}
-
-func (s *Sink) start(bin string, logOff int64) error {
+func (s *Sink) start(bin string) error {
+	logOff := fileSize(s.logPath) // the log is appended to: this attempt's part starts here
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -185,24 +184,7 @@ privacy_url = "` + itSystem + `privacy"
 
 [consent]
 all = true
-
-[admin]
-listen = "` + adminAddr + `"
-token_file = "` + filepath.Join(dir, "tokens") + `"
-
-[store]
-path = "` + filepath.Join(dir, "store.db") + `"
-
-[quarantine]
-mode = "store"
-
-[audit]
-log = "` + filepath.Join(dir, "audit.jsonl") + `"
-
-[ndr]
-relay = "` + sink + `"
-hostname = "mx.example.test"
-
+` + storePolicy(dir, adminAddr, sink, "", "") + `
 [[service]]
 name = "access"
 kind = "acl"
@@ -221,23 +203,8 @@ subject_prefix = "[EXT]"
 [[rule]]
 name = "everyone"
 run = ["access", "external"]
-
-[[rule]]
-name = "hold"
-stage = "mail"
-verdict = "quarantine"
-reason = "held for review"
-[rule.when]
-sender_domain = ["held.example"]
-
-[[rule]]
-name = "drop"
-stage = "eom"
-verdict = "discard"
-reason = "sender blocked by policy"
-[rule.when]
-sender_domain = ["dropped.example"]
-`
+` + holdRule(`sender_domain = ["held.example"]`) +
+		dropRule(`sender_domain = ["dropped.example"]`)
 }
 
 type soakKind string
