@@ -73,8 +73,9 @@ lint:
 # the same machine in the same run, and Postfix end to end. As root;
 # about 6-8 minutes. bench-go runs the go test benchmarks.
 bench: build
-	@if ! dpkg-query -W -f='$${Status}' mimedefang 2>/dev/null | grep -q 'ok installed' && [ "$$(id -u)" = 0 ]; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends mimedefang; fi
+	@for p in mimedefang libmilter-dev gcc libc6-dev; do \
+	  if ! dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' && [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends mimedefang libmilter-dev gcc libc6-dev; break; fi; done
 	GO='$(GO)' sh bench/run.sh $(BENCH_ARGS)
 
 bench-go:

@@ -24,5 +24,11 @@ echo "bench/run.sh: building into $BIN" >&2
 "$GO" build -o "$BIN/nullmilter" ./bench/cmd/nullmilter
 "$GO" build -o "$BIN/opesbench" ./bench/cmd/opesbench
 "$GO" test -c -o "$BIN/e2e.test" ./bench/e2e
+# The null milter in C, for the end-to-end part (left out without
+# libmilter-dev; `make bench` installs it).
+if [ -f /usr/include/libmilter/mfapi.h ] && command -v cc >/dev/null; then
+	cc -O2 -o "$BIN/nullmilter-c" bench/peers/libmilter/nullmilter.c -lmilter -pthread
+	export OPES_BENCH_NULLMILTER_C="$BIN/nullmilter-c"
+fi
 exec "$BIN/opesbench" -opes "$BIN/opes-milter" -null "$BIN/nullmilter" -e2e "$BIN/e2e.test" \
 	-work "$WORK" -out "$WORK/table.md" "$@"

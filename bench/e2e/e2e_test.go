@@ -3,14 +3,16 @@
 // relays to smtp-sink, once without a milter, once with opes-milter on
 // the embedded trace-only policy (unix socket, unix socket with
 // GOMAXPROCS=1, TCP), and once with the null milter of bench/cmd/nullmilter
-// (end of message only) as the floor of any milter. It reuses the Postfix
+// (end of message only) as the floor of a Go milter, and with the same null
+// milter written against libmilter in C (bench/peers/libmilter/nullmilter.c, when
+// libmilter-dev is installed) as the floor of any milter. It reuses the Postfix
 // and sink of the integration harness and starts the milters itself, to
 // read their CPU time and context switches from /proc.
 //
 //	go test ./bench/e2e -run '^$' -bench EndToEnd -benchtime 3x
 //
-// Environment: OPES_BENCH_MILTER and OPES_BENCH_NULLMILTER name prebuilt
-// binaries (else they are built), OPES_BENCH_E2E_BATCH is the number of
+// Environment: OPES_BENCH_MILTER, OPES_BENCH_NULLMILTER and
+// OPES_BENCH_NULLMILTER_C name prebuilt binaries (else they are built), OPES_BENCH_E2E_BATCH is the number of
 // messages per set-up and round (default 500), OPES_BENCH_E2E_JSON a file
 // to write the figures to (bench/cmd/opesbench reads it).
 package e2e
@@ -66,6 +68,26 @@ func binary(b *testing.B, env, pkg string) string {
 	return out
 }
 
+// cNullMilter returns the null milter written against libmilter
+// (bench/peers/libmilter/nullmilter.c): OPES_BENCH_NULLMILTER_C, or built with cc
+// when libmilter's header is installed (Debian: libmilter-dev), or "" —
+// that set-up is then left out.
+func cNullMilter(b *testing.B) string {
+	if p := os.Getenv("OPES_BENCH_NULLMILTER_C"); p != "" {
+		return p
+	}
+	if _, err := os.Stat("/usr/include/libmilter/mfapi.h"); err != nil {
+		b.Logf("no libmilter null milter: %v (apt-get install libmilter-dev gcc)", err)
+		return ""
+	}
+	out := filepath.Join(b.TempDir(), "nullmilter-c")
+	cmd := exec.Command("cc", "-O2", "-o", out, "../peers/libmilter/nullmilter.c", "-lmilter", "-pthread")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("cc bench/peers/libmilter/nullmilter.c: %v\n%s", err, msg)
+	}
+	return out
+}
+
 // startMilter runs a milter binary for the benchmark and waits until it
 // accepts connections on addr ("unix:PATH" or "inet:HOST:PORT", Postfix's
 // syntax); env is added to the benchmark's environment. It returns the
@@ -103,9 +125,9 @@ func startMilter(b *testing.B, bin, addr string, env []string, args ...string) i
 		default:
 		}
 		if network == "unix" {
-			// smtpd runs as user postfix: wait for the mode the milter sets
-			// after listening, not just for the socket.
-			if fi, err := os.Stat(where); err != nil || fi.Mode().Perm() != 0o666 {
+			// smtpd runs as user postfix: wait until others may read and
+			// write the socket (milters set the mode after listening).
+			if fi, err := os.Stat(where); err != nil || fi.Mode().Perm()&0o006 != 0o006 {
 				continue
 			}
 		}
@@ -173,8 +195,13 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if dir := os.Getenv("OPES_BENCH_PROFILE_DIR"); dir != "" {
 		profArgs = func(mode string) []string { return []string{"-cpuprofile", filepath.Join(dir, "e2e-"+mode+".pprof")} }
 	}
+	modes := []string{"none", "opes-unix", "opes-unix-1p", "opes-tcp", "null-unix"}
+	cNullBin := cNullMilter(b)
+	if cNullBin != "" {
+		modes = append(modes, "nullc-unix")
+	}
 	var setups []*setup
-	for _, mode := range []string{"none", "opes-unix", "opes-unix-1p", "opes-tcp", "null-unix"} {
+	for _, mode := range modes {
 		s := &setup{name: mode, sink: integration.StartSink(b)}
 		opts := integration.PostfixOptions{RelayTo: s.sink.Addr(), DefaultAction: "tempfail"}
 		sock := "unix:" + filepath.Join(integration.TempDir(b), "milter.sock")
@@ -199,6 +226,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		case "null-unix":
 			opts.Milter = sock
 			s.pid = startMilter(b, nullBin, sock, nil, "-unix", strings.TrimPrefix(sock, "unix:"))
+		case "nullc-unix":
+			opts.Milter = sock
+			s.pid = startMilter(b, cNullBin, sock, nil, sock)
 		}
 		s.pf = integration.StartPostfix(b, opts)
 		setups = append(setups, s)

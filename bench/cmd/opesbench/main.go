@@ -339,7 +339,8 @@ func (b *bench) endToEnd(ctx context.Context, tg *targets) error {
 	}
 	labels := map[string]string{"none": "no milter", "opes-unix": "(a) opes trace-only, unix",
 		"opes-unix-1p": "(a) opes trace-only, unix, GOMAXPROCS=1",
-		"opes-tcp":     "(a) opes trace-only, TCP", "null-unix": "(c) null go-milter EOM only, unix"}
+		"opes-tcp":     "(a) opes trace-only, TCP", "null-unix": "(c) null go-milter EOM only, unix",
+		"nullc-unix": "(c) null libmilter (C) milter EOM only, unix"}
 	var opesUnix *e2eFigures
 	for i, f := range figs {
 		cpu, note := "", fmt.Sprintf("÷ no milter %.2f; Postfix CPU %.2f ms/msg", f.Ratio, f.Postfix)
