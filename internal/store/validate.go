@@ -125,19 +125,28 @@ func checkID(id string) error {
 	return nil
 }
 
-func checkQuarantineItem(it *QuarantineItem) error {
-	if it.Sender != "" {
-		if err := checkAddr("sender", it.Sender); err != nil {
+// checkEnvelope checks a stored message's envelope: a sender, or none
+// for the null reverse-path, and at least one recipient.
+func checkEnvelope(sender string, recipients []string) error {
+	if sender != "" {
+		if err := checkAddr("sender", sender); err != nil {
 			return err
 		}
 	}
-	if len(it.Recipients) == 0 {
+	if len(recipients) == 0 {
 		return fmt.Errorf("%w: no recipients", ErrInvalid)
 	}
-	for _, r := range it.Recipients {
+	for _, r := range recipients {
 		if err := checkAddr("recipient", r); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func checkQuarantineItem(it *QuarantineItem) error {
+	if err := checkEnvelope(it.Sender, it.Recipients); err != nil {
+		return err
 	}
 	if len(it.RecipientArgs) == 0 {
 		it.RecipientArgs = nil
@@ -183,18 +192,8 @@ func checkQuarantineItem(it *QuarantineItem) error {
 }
 
 func checkOutboxItem(it *OutboxItem) error {
-	if it.Sender != "" {
-		if err := checkAddr("sender", it.Sender); err != nil {
-			return err
-		}
-	}
-	if len(it.Recipients) == 0 {
-		return fmt.Errorf("%w: no recipients", ErrInvalid)
-	}
-	for _, r := range it.Recipients {
-		if err := checkAddr("recipient", r); err != nil {
-			return err
-		}
+	if err := checkEnvelope(it.Sender, it.Recipients); err != nil {
+		return err
 	}
 	if len(it.Data) == 0 {
 		return fmt.Errorf("%w: empty message", ErrInvalid)

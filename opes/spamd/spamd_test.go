@@ -116,22 +116,14 @@ func gtubeMessage() message {
 	return m
 }
 
-// storingProcessor returns a processor whose policy runs svc in an
-// inbound rule, as runPipeline needs; the tests that call the service
+// storingProcessor returns a processor whose policy runs svc from MAIL
+// on, as runPipeline needs; the tests that call the service
 // directly use it because it stores the body, and never reach the rule's
 // stage.
 func storingProcessor(t testing.TB, svc opes.Service) *opes.Processor {
 	t.Helper()
 	spec := &opes.ServiceSpec{Name: "spam", Kind: "spamd", URI: sysURI + "svc/spam", Bypassable: true, Impl: svc}
-	p, err := opes.NewProcessor(&opes.Policy{
-		System:   opes.System{URI: sysURI},
-		Services: []*opes.ServiceSpec{spec},
-		Rules:    []*opes.Rule{{Name: "inbound", Stage: opes.StageMail, Run: []*opes.ServiceSpec{spec}}},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return servicetest.NewProcessor(t, sysURI, opes.StageMail, opes.Limits{}, spec)
 }
 
 // tx builds the transaction for m in a session of a storing processor.
@@ -145,9 +137,7 @@ func (m message) tx(t testing.TB, svc opes.Service) *opes.Transaction {
 func (m message) run(t *testing.T, svc opes.Service) (opes.Verdict, *opes.Header, error) {
 	t.Helper()
 	tx := m.tx(t, svc)
-	stx := svc.Begin(tx)
-	defer stx.Close()
-	v, err := stx.EndOfMessage(context.Background())
+	v, err := servicetest.EndOfMessage(t, svc, tx)
 	return v, tx.Header, err
 }
 
