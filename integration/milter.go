@@ -159,6 +159,9 @@ func (m *Milter) WaitLog(t testing.TB, s string, timeout time.Duration) {
 	waitContains(t, "the opes-milter log", m.Log, s, timeout)
 }
 
+// Pid is the daemon's process id.
+func (m *Milter) Pid() int { return m.cmd.Process.Pid }
+
 // CPUTime is the user+system CPU time the daemon has used so far (zero
 // for a nil Milter), read from /proc.
 func (m *Milter) CPUTime() time.Duration {

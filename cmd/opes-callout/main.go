@@ -37,12 +37,18 @@ import (
 	"time"
 
 	"github.com/opesmilter/opes-milter/internal/metrics"
+	"github.com/opesmilter/opes-milter/internal/sysmon"
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/callout/sdk"
 	"github.com/opesmilter/opes-milter/policy"
 )
 
 func main() {
+	// First of all, while nothing is open yet: a server woken per request
+	// spends much of its CPU on the runtime's monitor thread otherwise.
+	if err := sysmon.Exec(); err != nil {
+		fmt.Fprintf(os.Stderr, "opes-callout: %v; going on without it\n", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
