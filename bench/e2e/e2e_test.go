@@ -18,21 +18,19 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opesmilter/opes-milter/bench/load"
 	"github.com/opesmilter/opes-milter/integration"
+	"github.com/opesmilter/opes-milter/internal/child"
 )
 
 // Figures are the results of one set-up, as written to OPES_BENCH_E2E_JSON.
@@ -95,50 +93,26 @@ func cNullMilter(b *testing.B) string {
 func startMilter(b *testing.B, bin, addr string, env []string, args ...string) int {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatalf("start %s: %v", bin, err)
+	p, err := child.Start(cmd, filepath.Join(b.TempDir(), "milter.log"))
+	if err != nil {
+		b.Fatal(err)
 	}
-	done := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(done) }()
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}
-	b.Cleanup(stop)
+	b.Cleanup(func() { p.Stop(10 * time.Second) })
 	network, where := "tcp", strings.TrimPrefix(addr, "inet:")
+	var ready func() bool
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, where = "unix", path
-	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		select {
-		case <-done:
-			b.Fatalf("%s exited at start: %v\n%s", bin, waitErr, log.String())
-		default:
-		}
-		if network == "unix" {
-			// smtpd runs as user postfix: wait until others may read and
-			// write the socket (milters set the mode after listening).
-			if fi, err := os.Stat(where); err != nil || fi.Mode().Perm()&0o006 != 0o006 {
-				continue
-			}
-		}
-		if c, err := net.DialTimeout(network, where, 200*time.Millisecond); err == nil {
-			_ = c.Close()
-			return cmd.Process.Pid
+		// smtpd runs as user postfix: wait until others may read and
+		// write the socket (milters set the mode after listening).
+		ready = func() bool {
+			fi, err := os.Stat(path)
+			return err == nil && fi.Mode().Perm()&0o006 == 0o006
 		}
 	}
-	stop() // its output is complete once it has exited
-	b.Fatalf("%s not accepting on %s after 10 s:\n%s", bin, addr, log.String())
-	return 0
+	if err := p.WaitDial(network, where, 10*time.Second, ready); err != nil {
+		b.Fatal(err)
+	}
+	return p.Pid()
 }
 
 // countFiles waits until dir holds n files (smtp-sink writes one per

@@ -16,8 +16,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/opesmilter/opes-milter/internal/child"
 )
 
 // Test patterns the engines recognise.
@@ -103,10 +104,11 @@ func logs(dir string, n int, files ...string) string {
 	return b.String()
 }
 
-// daemon is a started process with its exit watched.
+// daemon is an engine's process: cmd is set by the engine, proc once it
+// has started.
 type daemon struct {
 	cmd     *exec.Cmd
-	done    chan struct{}
+	proc    *child.Process
 	dir     string
 	ownsDir bool
 }
@@ -117,13 +119,13 @@ type daemon struct {
 // describes the failure.
 func (d *daemon) waitReady(name string, start time.Time, every time.Duration, started func(pid int) error, ready func() error, logs func() string) error {
 	if started != nil {
-		if err := started(d.cmd.Process.Pid); err != nil {
+		if err := started(d.proc.Pid()); err != nil {
 			return err
 		}
 	}
 	for time.Since(start) < 60*time.Second {
 		select {
-		case <-d.done:
+		case <-d.proc.Done():
 			return fmt.Errorf("%s exited during startup:\n%s", name, logs())
 		case <-time.After(every):
 		}
@@ -193,39 +195,21 @@ func ask(addr, req string) (*bufio.Reader, net.Conn, error) {
 
 // start runs cmd with its output in dir/outName.
 func (d *daemon) start(outName string) error {
-	out, err := os.Create(filepath.Join(d.dir, outName))
+	p, err := child.Start(d.cmd, filepath.Join(d.dir, outName))
 	if err != nil {
 		return err
 	}
-	d.cmd.Stdout, d.cmd.Stderr = out, out
-	if err := d.cmd.Start(); err != nil {
-		out.Close()
-		return fmt.Errorf("start %s: %w", d.cmd.Path, err)
-	}
-	d.done = make(chan struct{})
-	go func() { _ = d.cmd.Wait(); _ = out.Close(); close(d.done) }()
+	d.proc = p
 	return nil
 }
 
-func (d *daemon) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemon) exited() bool { return d.proc != nil && d.proc.Exited() }
 
 // stop sends SIGTERM, SIGKILL after grace, waits for the exit and removes
 // the directory when it made it. It may be called more than once.
 func (d *daemon) stop(grace time.Duration) {
-	if d.done != nil && !d.exited() {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(grace):
-			d.kill()
-		}
+	if d.proc != nil {
+		d.proc.Stop(grace)
 	}
 	if d.ownsDir {
 		_ = os.RemoveAll(d.dir)
@@ -233,7 +217,4 @@ func (d *daemon) stop(grace time.Duration) {
 }
 
 // kill stops the process at once, as a crash would, and waits for the exit.
-func (d *daemon) kill() {
-	_ = d.cmd.Process.Kill()
-	<-d.done
-}
+func (d *daemon) kill() { d.proc.Kill() }

@@ -8,13 +8,14 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/opesmilter/opes-milter/internal/child"
 )
 
 // OpenDKIMAptHint installs the milter the child-milter tests drive.
@@ -59,8 +60,7 @@ type OpenDKIM struct {
 	// "inet:PORT@127.0.0.1".
 	Socket string
 	dir    string
-	cmd    *exec.Cmd
-	done   chan struct{}
+	proc   *child.Process
 }
 
 // StartOpenDKIM runs Debian's opendkim with o.Conf and waits until it
@@ -70,7 +70,7 @@ func StartOpenDKIM(o OpenDKIMOptions) (*OpenDKIM, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &OpenDKIM{dir: o.Dir, done: make(chan struct{})}
+	d := &OpenDKIM{dir: o.Dir}
 	var listen, network, address string
 	if o.Inet {
 		port, err := FreePort()
@@ -97,46 +97,21 @@ func StartOpenDKIM(o OpenDKIMOptions) (*OpenDKIM, error) {
 	if err := os.WriteFile(cfg, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	out, err := os.Create(filepath.Join(o.Dir, "opendkim.out"))
-	if err != nil {
+	cmd := exec.Command(bin, "-f", "-x", cfg)
+	dieWithParent(cmd)
+	if d.proc, err = child.Start(cmd, filepath.Join(o.Dir, "opendkim.out")); err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(bin, "-f", "-x", cfg)
-	d.cmd.Stdout, d.cmd.Stderr = out, out
-	dieWithParent(d.cmd)
-	if err := d.cmd.Start(); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start opendkim: %w", err)
+	if err := d.proc.WaitDial(network, address, 10*time.Second, nil); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("opendkim: %w", err)
 	}
-	go func() { _ = d.cmd.Wait(); _ = out.Close(); close(d.done) }()
-	for i := 0; ; i++ {
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("opendkim exited at start:\n%s", d.Logs())
-		default:
-		}
-		if c, err := net.DialTimeout(network, address, time.Second); err == nil {
-			_ = c.Close()
-			return d, nil
-		}
-		if i >= 1000 {
-			d.Stop()
-			return nil, fmt.Errorf("opendkim did not listen on %s within 10 s:\n%s", d.Socket, d.Logs())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return d, nil
 }
 
 // Stop kills opendkim: libmilter takes seconds to act on SIGTERM, and
 // nothing of its state is worth keeping.
-func (d *OpenDKIM) Stop() {
-	select {
-	case <-d.done:
-	default:
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-}
+func (d *OpenDKIM) Stop() { d.proc.Kill() }
 
 // Logs returns what opendkim printed.
 func (d *OpenDKIM) Logs() string {

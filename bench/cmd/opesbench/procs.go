@@ -9,97 +9,38 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/opesmilter/opes-milter/internal/child"
 )
 
 // proc is a daemon started by the benchmark, stopped by its pid.
 type proc struct {
 	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	*child.Process
 }
 
-// startProc starts bin with args, stdout and stderr going to logPath.
+// startProc starts bin with args in dir, stdout and stderr going to
+// logPath. It is killed with us if we die; daemons that change their user
+// (MIMEDefang) lose that, so run() also stops every proc on SIGINT and
+// SIGTERM.
 func startProc(name, logPath, dir, bin string, args ...string) (*proc, error) {
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("%s: log: %w", name, err)
-	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = f, f
-	// Killed with us if we die; daemons that change their user (MIMEDefang)
-	// lose this, so run() also stops every proc on SIGINT and SIGTERM.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: start %s: %w", name, bin, err)
+	p, err := child.Start(cmd, logPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM and waits, then SIGKILL after the grace time.
-func (p *proc) stop(grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return strings.Join(lines, "\n")
+	return &proc{name: name, Process: p}, nil
 }
 
 // waitDial waits until network/addr accepts connections, failing early if
 // the process behind it exits.
 func waitDial(p *proc, network, addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout(network, addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			return nil
-		}
-		if p.exited() {
-			return fmt.Errorf("%s exited at start (%v):\n%s", p.name, p.err, p.tail())
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %s:%s not accepting after %v: %v\n%s", p.name, network, addr, timeout, err, p.tail())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := p.WaitDial(network, addr, timeout, nil); err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
 	}
+	return nil
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -128,7 +69,7 @@ type peer struct {
 func (pe *peer) stop() {
 	// the front processes first (the milter sides), then what they use
 	for i := len(pe.procs) - 1; i >= 0; i-- {
-		pe.procs[i].stop(10 * time.Second)
+		pe.procs[i].Stop(10 * time.Second)
 	}
 }
 
@@ -162,7 +103,7 @@ func startOpes(work, key, label, bin, policy string, transports []string, extra 
 		if err := waitDial(p, network, addr, 15*time.Second); err != nil {
 			return pe, err
 		}
-		pe.ep[tr] = endpoint{network: network, addr: addr, pids: []int{p.pid()}}
+		pe.ep[tr] = endpoint{network: network, addr: addr, pids: []int{p.Pid()}}
 	}
 	return pe, nil
 }
@@ -190,7 +131,7 @@ func startNull(work, key, label, bin string, every bool, extra ...string) (*peer
 		if err := waitDial(p, e.network, e.addr, 15*time.Second); err != nil {
 			return pe, err
 		}
-		e.pids = []int{p.pid()}
+		e.pids = []int{p.Pid()}
 		pe.ep[e.network] = e
 	}
 	return pe, nil
@@ -254,7 +195,7 @@ func startMIMEDefang(work, key, label, filter string) (*peer, error) {
 		if err := waitDial(md, network, addr, 15*time.Second); err != nil {
 			return pe, err
 		}
-		pe.ep[tr] = endpoint{network: network, addr: addr, pids: []int{md.pid(), mx.pid()}}
+		pe.ep[tr] = endpoint{network: network, addr: addr, pids: []int{md.Pid(), mx.Pid()}}
 	}
 	return pe, nil
 }
