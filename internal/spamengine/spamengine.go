@@ -71,6 +71,13 @@ func Refuse(reason, text string) opes.Verdict {
 	}
 }
 
+// TooLarge is the verdict for a message above the adapter's max_size:
+// delivered unscanned rather than tying up the engine (spamc does the
+// same), and the trace says skipped.
+func TooLarge() opes.Verdict {
+	return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Status: "skipped", Reason: "not scanned: larger than max_size"}
+}
+
 // Marking is what a scanned message that is not refused takes along: the
 // spam header fields and the Subject mark.
 type Marking struct {

@@ -195,9 +195,7 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	s, tx := t.s, t.tx
 	head := opes.FormatHeader(tx.Header.Fields()) + "\r\n"
 	if size := int64(len(head)) + tx.Size(); size > s.maxSize {
-		// Defined behaviour for big mail: deliver it unscanned rather than
-		// tie up rspamd; the trace says skipped.
-		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Status: "skipped", Reason: "not scanned: larger than max_size"}, nil
+		return spamengine.TooLarge(), nil
 	}
 	res, err := s.check(ctx, head, tx)
 	if err != nil {

@@ -149,10 +149,7 @@ func (t *txState) EndOfMessage(ctx context.Context) (opes.Verdict, error) {
 	s, tx := t.s, t.tx
 	header := opes.FormatHeader(tx.Header.Fields())
 	if size := int64(len(header)) + 2 + tx.Size(); size > s.maxSize {
-		// Defined behaviour for big mail, as spamc does: deliver it
-		// unscanned rather than tie up spamd; the trace says skipped, as
-		// for the other scanners.
-		return opes.Verdict{Kind: opes.Continue, Action: "analyzed", Status: "skipped", Reason: "not scanned: larger than max_size"}, nil
+		return spamengine.TooLarge(), nil
 	}
 	res, err := s.check(ctx, envelopeLines(tx, time.Now())+header+"\r\n", tx)
 	if err != nil {
