@@ -54,7 +54,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of turns per scenario")
 	flag.IntVar(&o.sessions, "sessions", 16, "concurrent sessions of the load scenarios")
 	flag.IntVar(&o.e2eBatch, "e2e-batch", 500, "messages per Postfix set-up and round")
-	flag.IntVar(&o.e2eRounds, "e2e-rounds", 6, "rounds of the Postfix part (each set-up 500 messages per round; the end-to-end ratios are the noisiest figure)")
+	flag.IntVar(&o.e2eRounds, "e2e-rounds", 8, "rounds of the Postfix part (each set-up 500 messages per round; the end-to-end ratios are the noisiest figure)")
 	flag.BoolVar(&o.noMIMEDefang, "no-mimedefang", false, "leave MIMEDefang out")
 	flag.Parse()
 	if o.opes == "" || o.null == "" {
