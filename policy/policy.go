@@ -16,13 +16,14 @@ package policy
 import (
 	"cmp"
 	_ "embed"
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/opesmilter/opes-milter/internal/smallfile"
 	"github.com/opesmilter/opes-milter/opes"
 	"github.com/opesmilter/opes-milter/opes/builtin"
 )
@@ -137,17 +138,12 @@ func Load(path string) (*Config, error) { return LoadWith(path, builtin.Deps{}) 
 
 // LoadWith is Load with the running daemon's dependencies (builtin.Deps).
 func LoadWith(path string, deps builtin.Deps) (*Config, error) {
-	f, err := os.Open(path)
+	data, err := smallfile.Read(path, maxFileSize)
+	if errors.Is(err, smallfile.ErrTooLarge) {
+		return nil, Errors{{File: path, Line: 1, Col: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxFileSize)}}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("policy: read %s: %w", path, err)
-	}
-	if len(data) > maxFileSize {
-		return nil, Errors{{File: path, Line: 1, Col: 1, Msg: fmt.Sprintf("file is larger than %d bytes", maxFileSize)}}
 	}
 	return ParseWith(path, data, deps)
 }

@@ -10,12 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/opesmilter/opes-milter/internal/smallfile"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -162,17 +162,12 @@ func checkHeaderNames(names []string, needFrom bool) ([]string, error) {
 // loadKey reads a PEM private key: PKCS #1 ("RSA PRIVATE KEY", as older
 // opendkim-genkey writes) or PKCS #8 ("PRIVATE KEY": RSA or Ed25519).
 func loadKey(path string) (crypto.Signer, error) {
-	f, err := os.Open(path)
+	data, err := smallfile.Read(path, maxKeyFile)
+	if errors.Is(err, smallfile.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: not a key file", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("read key %s: %w", path, err)
-	}
-	if len(data) > maxKeyFile {
-		return nil, fmt.Errorf("%s is larger than %d octets: not a key file", path, maxKeyFile)
 	}
 	var block *pem.Block
 	for rest := data; ; {

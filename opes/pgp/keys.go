@@ -4,13 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
+	"github.com/opesmilter/opes-milter/internal/smallfile"
 	"github.com/opesmilter/opes-milter/opes"
 )
 
@@ -185,17 +184,9 @@ func readPassphrase(path string) ([]byte, error) {
 }
 
 func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	data, err := smallfile.Read(path, maxKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(data) > maxKeyFile {
-		return nil, fmt.Errorf("%s is larger than %d octets", path, maxKeyFile)
 	}
 	return data, nil
 }
